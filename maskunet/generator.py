@@ -1,0 +1,165 @@
+"""The mask generator: per up-block code networks and per-layer adapters (METHOD.md).
+
+For up-block k with input channels C_in, output channels C_out and reduction f:
+    z' = GAP(concat(h, s)) + W_t temb                       (B, C_in)
+    M  = MLP(z')  reshaped to (O', I') = (C_out/f, C_in/f)   per sample
+and for each masked layer l of that block (weight viewed as out x fan_in):
+    L  = A_out M A_in^T + b_out 1^T + 1 b_in^T               mask logits (B, out, fan_in)
+Initialisation: logits ~= logit_bias (masks all ones) with every factor non-zero, so each
+parameter gets a gradient at step 0.
+"""
+from dataclasses import asdict, dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from maskunet.layers import select_layers, weight_matrix_shape
+
+
+@dataclass
+class MaskConfig:
+    layers: str = "attn"  # attn | linear | attn+conv | comma-separated regexes
+    reduction: int = 4
+    hidden: int = 64
+    logit_bias: float = 5.0
+    tau: float = 1.0
+    threshold: float = 0.5
+    code_init_std: float = 0.1  # scale of the initial per-sample logit perturbation
+
+
+def _module_key(layer_name: str) -> str:
+    return layer_name.replace(".", "__")  # ModuleDict keys cannot contain dots
+
+
+class LayerAdapter(nn.Module):
+    """Expands a block's low-resolution code (B, O', I') to one layer's logits (B, out, fan_in)."""
+
+    def __init__(self, out_features: int, fan_in: int, code_out: int, code_in: int, logit_bias: float):
+        super().__init__()
+        self.a_out = nn.Parameter(torch.randn(out_features, code_out) / code_out**0.5)
+        self.a_in = nn.Parameter(torch.randn(fan_in, code_in) / code_in**0.5)
+        self.b_out = nn.Parameter(torch.full((out_features,), float(logit_bias)))
+        self.b_in = nn.Parameter(torch.zeros(fan_in))
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        (out_f, code_out), (fan_in, code_in) = self.a_out.shape, self.a_in.shape
+        # Multiply in the cheaper order: (A_out M) A_in^T vs A_out (M A_in^T).
+        if out_f * code_in * (code_out + fan_in) <= fan_in * code_out * (code_in + out_f):
+            expanded = (self.a_out @ code) @ self.a_in.T
+        else:
+            expanded = self.a_out @ (code @ self.a_in.T)
+        return expanded + self.b_out[:, None] + self.b_in[None, :]
+
+
+class BlockCodeGenerator(nn.Module):
+    """z' = GAP(concat(h, s)) + W_t temb, then a two-layer MLP to the (O', I') code."""
+
+    def __init__(self, in_channels: int, out_channels: int, temb_dim: int, cfg: MaskConfig):
+        super().__init__()
+        self.code_shape = (max(1, out_channels // cfg.reduction), max(1, in_channels // cfg.reduction))
+        self.time_proj = nn.Linear(temb_dim, in_channels)
+        self.mlp = nn.Sequential(
+            nn.Linear(in_channels, cfg.hidden),
+            nn.ReLU(),
+            nn.Linear(cfg.hidden, self.code_shape[0] * self.code_shape[1]),
+        )
+        # Small but non-zero output layer: codes start near 0 (masks all ones) yet carry gradient.
+        nn.init.normal_(self.mlp[2].weight, std=cfg.code_init_std / cfg.hidden**0.5)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, hidden: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        dtype = self.time_proj.weight.dtype
+        pooled = torch.cat([hidden.mean(dim=(2, 3)), skip.mean(dim=(2, 3))], dim=1).to(dtype)
+        z = pooled + self.time_proj(temb.to(dtype))
+        return self.mlp(z).view(-1, *self.code_shape)
+
+
+def describe_unet(unet: nn.Module, cfg: MaskConfig) -> list[dict]:
+    """Per up-block shapes and masked layers of `unet`: what a generator must fit."""
+    blocks = []
+    for index, layers in select_layers(unet, cfg.layers).items():
+        first_resnet = unet.up_blocks[index].resnets[0]
+        blocks.append(
+            {
+                "index": index,
+                "in_channels": first_resnet.conv1.in_channels,
+                "out_channels": first_resnet.conv1.out_channels,
+                "temb_dim": first_resnet.time_emb_proj.in_features,
+                "layers": [[name, *weight_matrix_shape(module)] for name, module in layers],
+            }
+        )
+    return blocks
+
+
+class MaskGenerator(ModelMixin, ConfigMixin):
+    """All trainable MaskUNet parameters; saves/loads diffusers-style (config.json + safetensors)."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        blocks: list,
+        layers: str = "attn",
+        reduction: int = 4,
+        hidden: int = 64,
+        logit_bias: float = 5.0,
+        tau: float = 1.0,
+        threshold: float = 0.5,
+        code_init_std: float = 0.1,
+    ):
+        super().__init__()
+        cfg = self.mask_config
+        self.codes = nn.ModuleDict()
+        self.adapters = nn.ModuleDict()
+        for block in blocks:
+            code = BlockCodeGenerator(block["in_channels"], block["out_channels"], block["temb_dim"], cfg)
+            self.codes[str(block["index"])] = code
+            for name, out_features, fan_in in block["layers"]:
+                self.adapters[_module_key(name)] = LayerAdapter(out_features, fan_in, *code.code_shape, logit_bias)
+
+    @property
+    def mask_config(self) -> MaskConfig:
+        return MaskConfig(**{k: self.config[k] for k in MaskConfig.__dataclass_fields__})
+
+    @classmethod
+    def from_unet(cls, unet: nn.Module, mask_config: MaskConfig | None = None) -> "MaskGenerator":
+        cfg = mask_config or MaskConfig()
+        return cls(blocks=describe_unet(unet, cfg), **asdict(cfg))
+
+    def layer_names(self, block_index: int | None = None) -> list[str]:
+        return [
+            name
+            for block in self.config.blocks
+            if block_index is None or block["index"] == block_index
+            for name, _, _ in block["layers"]
+        ]
+
+    def check_fits(self, unet: nn.Module) -> None:
+        """Raise a ValueError naming the first difference if this generator was built for another U-Net."""
+        expected = [dict(b, layers=[list(l) for l in b["layers"]]) for b in self.config.blocks]
+        try:
+            actual = describe_unet(unet, self.mask_config)
+        except ValueError as e:
+            raise ValueError(f"mask generator does not fit this U-Net: {e}") from None
+        for want, have in zip(expected, actual):
+            if want != have:
+                diff = next(k for k in want if want[k] != have.get(k))
+                raise ValueError(
+                    f"mask generator does not fit this U-Net: up_blocks.{want['index']} {diff} is "
+                    f"{str(have.get(diff))[:200]} in the U-Net but {str(want[diff])[:200]} in the generator"
+                )
+        if len(expected) != len(actual):
+            raise ValueError(
+                f"mask generator does not fit this U-Net: it masks up-blocks "
+                f"{[b['index'] for b in expected]}, the U-Net has masked layers in {[b['index'] for b in actual]}"
+            )
+
+    def block_logits(
+        self, block_index: int, hidden: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Mask logits (B, out, fan_in) for every masked layer of one up-block."""
+        code = self.codes[str(block_index)](hidden, skip, temb)
+        return {name: self.adapters[_module_key(name)](code) for name in self.layer_names(block_index)}

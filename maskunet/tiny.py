@@ -1,0 +1,150 @@
+"""A tiny Stable-Diffusion-architecture pipeline built offline from configs.
+
+It stands in for SD1.5 in tests and the embedded default job: same classes, same
+`save_pretrained`/`from_pretrained` folder layout, random seeded weights, and a CLIP
+tokenizer generated locally (no download).
+"""
+import json
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+# Words the sample dataset's captions use; each gets a whole-word BPE token.
+CAPTION_WORDS = (
+    "a an the of on in at and with photo picture image drawing small large big tiny "
+    "red green blue yellow orange purple white black gray pink cyan brown "
+    "circle square triangle ring cross star stripe stripes dot dots shape shapes "
+    "left right top bottom center middle corner upper lower background foreground "
+    "two three several one"
+).split()
+
+MAX_TOKENS = 77
+
+TINY_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64, 64),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=16,
+)
+
+TINY_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(16, 32, 32, 32),  # 4 levels: 8x downsampling like SD
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    layers_per_block=1,
+    norm_num_groups=16,
+    sample_size=64,
+)
+
+# SD1.5's noise schedule.
+SD_SCHEDULE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2/CLIP byte-level alphabet: every byte maps to a printable unicode symbol.
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    keep += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {b: chr(c) for b, c in zip(keep, chars)}
+
+
+def write_tokenizer_files(out_dir: Path, words=CAPTION_WORDS) -> None:
+    """Write a CLIP byte-level BPE `vocab.json` + `merges.txt` with whole-word merges."""
+    symbols = list(_bytes_to_unicode().values())
+    vocab: list[str] = symbols + [s + "</w>" for s in symbols]
+    merges: list[str] = []
+    for word in words:
+        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(parts) > 1:
+            merged = parts[0] + parts[1]
+            if f"{parts[0]} {parts[1]}" not in merges:
+                merges.append(f"{parts[0]} {parts[1]}")
+                vocab.append(merged)
+            parts = [merged] + parts[2:]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    ids = {tok: i for i, tok in enumerate(dict.fromkeys(vocab))}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "vocab.json").write_text(json.dumps(ids))
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
+def build_tokenizer(work_dir: Path) -> CLIPTokenizer:
+    write_tokenizer_files(work_dir)
+    # from_pretrained reads vocab.json + merges.txt exactly as for a real SD1.5 tokenizer folder.
+    return CLIPTokenizer.from_pretrained(str(work_dir), model_max_length=MAX_TOKENS, pad_token="<|endoftext|>")
+
+
+def build_tiny_pipeline(work_dir: str | Path, seed: int = 0) -> StableDiffusionPipeline:
+    """Build the tiny pipeline with seeded random weights (tokenizer files go to work_dir)."""
+    work_dir = Path(work_dir)
+    tokenizer = build_tokenizer(work_dir / "_tokenizer_src")
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_TOKENS,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(**TINY_UNET)
+    vae = AutoencoderKL(**TINY_VAE)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=DDIMScheduler(**SD_SCHEDULE),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_tiny_base(out_dir: str | Path, seed: int = 0) -> Path:
+    """Write the tiny base pipeline folder (loadable with StableDiffusionPipeline.from_pretrained)."""
+    out_dir = Path(out_dir).expanduser()
+    pipe = build_tiny_pipeline(out_dir, seed=seed)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    for f in (out_dir / "_tokenizer_src").iterdir():
+        f.unlink()
+    (out_dir / "_tokenizer_src").rmdir()
+    return out_dir
+
+
+def ensure_tiny_base(out_dir: str | Path, seed: int = 0) -> Path:
+    """Create the tiny base at `out_dir` unless a pipeline is already there."""
+    out_dir = Path(out_dir).expanduser()
+    if not (out_dir / "model_index.json").exists():
+        save_tiny_base(out_dir, seed=seed)
+    return out_dir

@@ -1,0 +1,28 @@
+"""`model` and `mask` sections: which base pipeline, and how its U-Net is masked."""
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from maskunet_platform.config.base import Section
+
+
+class ModelSection(Section):
+    # Local folder, HF hub id (e.g. runwayml/stable-diffusion-v1-5) or s3:// prefix.
+    base: str = Field("~/.cache/maskunet/tiny-base", description="base pipeline location")
+    # When `base` is a local path that does not exist, build the tiny offline base there.
+    create_tiny_if_missing: bool = True
+    tiny_seed: int = 0
+    revision: Optional[str] = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+
+class MaskSection(Section):
+    layers: str = Field("attn", description="attn | linear | attn+conv | comma-separated regexes")
+    reduction: int = Field(4, ge=1)
+    hidden: int = Field(64, ge=1)
+    logit_bias: float = 5.0
+    tau: float = Field(1.0, gt=0)
+    threshold: float = Field(0.5, gt=0, lt=1)
+    # Optional target-sparsity penalty weight * (rho - target)^2; weight 0 = off (the paper's setting).
+    target_sparsity: float = Field(0.03, ge=0, le=1)
+    sparsity_weight: float = Field(0.0, ge=0)

@@ -1,0 +1,1 @@
+"""Ray Data: read laion-art-schema parquet, preprocess, encode."""
