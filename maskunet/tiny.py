@@ -73,24 +73,47 @@ def _bytes_to_unicode() -> dict[int, str]:
     return {b: chr(c) for b, c in zip(keep, chars)}
 
 
+def learn_merges(words) -> list[tuple[str, str]]:
+    """Byte-pair merges learned on `words` until each is one symbol.
+
+    Learned like real BPE (most frequent pair first, merged everywhere), so encoding, which
+    replays merges by rank, rebuilds every word as a single whole-word token.
+    """
+    corpus = [tuple(w[:-1]) + (w[-1] + "</w>",) for w in dict.fromkeys(words)]
+    merges: list[tuple[str, str]] = []
+    while any(len(w) > 1 for w in corpus):
+        counts: dict[tuple[str, str], int] = {}
+        for word in corpus:
+            for pair in zip(word, word[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        best = max(counts, key=lambda pair: (counts[pair], pair))  # ties: deterministic
+        merges.append(best)
+        corpus = [_merge_pair(word, best) for word in corpus]
+    return merges
+
+
+def _merge_pair(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    out, i = [], 0
+    while i < len(word):
+        if word[i : i + 2] == pair:
+            out.append(pair[0] + pair[1])
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
+
+
 def write_tokenizer_files(out_dir: Path, words=CAPTION_WORDS) -> None:
     """Write a CLIP byte-level BPE `vocab.json` + `merges.txt` with whole-word merges."""
     symbols = list(_bytes_to_unicode().values())
-    vocab: list[str] = symbols + [s + "</w>" for s in symbols]
-    merges: list[str] = []
-    for word in words:
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            merged = parts[0] + parts[1]
-            if f"{parts[0]} {parts[1]}" not in merges:
-                merges.append(f"{parts[0]} {parts[1]}")
-                vocab.append(merged)
-            parts = [merged] + parts[2:]
+    merges = learn_merges(words)
+    vocab = symbols + [s + "</w>" for s in symbols] + [a + b for a, b in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     ids = {tok: i for i, tok in enumerate(dict.fromkeys(vocab))}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "vocab.json").write_text(json.dumps(ids))
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
 
 
 def build_tokenizer(work_dir: Path) -> CLIPTokenizer:

@@ -6,7 +6,7 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from maskunet import MaskConfig, MaskGenerator, MaskUNetPipeline
-from maskunet.tiny import save_tiny_base
+from maskunet.tiny import CAPTION_WORDS, save_tiny_base
 from maskunet_platform.cli import main as cli
 
 
@@ -38,7 +38,9 @@ def test_tiny_base_loads_through_the_standard_sd_path(tiny_base):
     pipe = StableDiffusionPipeline.from_pretrained(tiny_base)
     assert len(pipe.unet.up_blocks) == 3 and sum("CrossAttn" in t for t in pipe.unet.config.up_block_types) >= 2
     ids = pipe.tokenizer("a red circle", padding="max_length").input_ids
-    assert len(ids) == 77 and len(set(ids)) > 3  # whole-word tokens, then padding
+    assert len(ids) == 77 and ids[:5] == [pipe.tokenizer.bos_token_id, *ids[1:4], pipe.tokenizer.eos_token_id]
+    split = [w for w in CAPTION_WORDS if len(pipe.tokenizer(w, add_special_tokens=False).input_ids) != 1]
+    assert split == []  # every caption word is one whole-word token
 
 
 def test_pipeline_sizes_seeds_and_mask_switch(tiny_base, nontrivial_masks):
