@@ -1,0 +1,44 @@
+"""`data` section: where training images come from and how they are preprocessed."""
+from typing import Literal, Optional
+
+from pydantic import Field, field_validator
+
+from maskunet_platform.config.base import Section
+
+
+class DataSection(Section):
+    # Local file/folder/glob, s3://bucket/prefix or hf://datasets/<owner>/<name>/<path>.
+    source: str = Field("~/.cache/maskunet/sample-data", description="dataset URI")
+    image_column: str = "image"
+    caption_column: str = "text"
+    aesthetic_column: str = "aesthetic"
+    # Output side in pixels; the VAE downsamples 8x, so it must be a multiple of 8.
+    resolution: int = Field(64, ge=8)
+    crop: Literal["center", "random"] = "center"
+    # Off by default: the sample captions say "left"/"right", which a flip would falsify.
+    flip: bool = False
+    # Filters, all off by default (None).
+    min_side: Optional[int] = Field(None, ge=1, description="drop images whose shorter side is smaller")
+    min_aesthetic: Optional[float] = Field(None, description="drop rows scoring below this")
+    batch_size: int = Field(8, ge=1, description="rows per training batch on each worker")
+    preprocess_batch_size: int = Field(32, ge=1, description="rows per map_batches call")
+    # Precompute VAE latents + text-encoder states in an actor pool (GPU when available).
+    encode: bool = False
+    encode_actors: int = Field(1, ge=1)
+    encode_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Max concurrent preprocessing tasks; None lets Ray Data decide.
+    parallelism: Optional[int] = Field(None, ge=1)
+    seed: int = 0
+    # Keep row order stable across runs (slower; for tests and debugging).
+    deterministic: bool = False
+    # Fraction of rows (chosen by a hash of the row's content) held out for evaluation.
+    holdout_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    # S3-compatible endpoint (MinIO, moto); default: AWS_ENDPOINT_URL from the environment.
+    s3_endpoint_url: Optional[str] = None
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"resolution must be a multiple of 8 (the VAE downsamples 8x), got {v}")
+        return v

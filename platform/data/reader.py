@@ -1,0 +1,91 @@
+"""Open a dataset URI as a streaming Ray Dataset, after checking its schema.
+
+The schema of the first parquet file is read (footer only) before any Ray work starts,
+so a wrong or missing column fails in seconds with one error naming every problem.
+Two layouts are accepted:
+- raw laion-art: an image column (struct{bytes, path} as `datasets` writes it, or plain
+  binary) and a string caption column (names configurable);
+- encoded (written by `maskunet data encode`): `latents` and `encoder_hidden_states`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.data
+
+from maskunet_platform.data.uri import ResolvedSource, list_parquet_files, resolve_source
+
+ENCODED_COLUMNS = ("latents", "encoder_hidden_states")
+
+
+class SchemaError(ValueError):
+    """The dataset's columns do not match what the pipeline needs; names each problem."""
+
+
+@dataclass
+class SourceInfo:
+    source: ResolvedSource
+    files: list[str]
+    schema: pa.Schema
+    kind: str  # "raw" | "encoded"
+
+
+def _is_binary(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def schema_problems(schema: pa.Schema, image_column: str, caption_column: str,
+                    aesthetic_column: str | None = None) -> list[str]:
+    """Everything wrong with a raw laion-art schema (empty list = fine)."""
+    problems = []
+    names = set(schema.names)
+    if image_column not in names:
+        problems.append(f"missing image column {image_column!r}")
+    else:
+        t = schema.field(image_column).type
+        ok = _is_binary(t) or (pa.types.is_struct(t) and t.get_field_index("bytes") >= 0
+                               and _is_binary(t.field("bytes").type))
+        if not ok:
+            problems.append(f"image column {image_column!r} has type {t}, expected "
+                            "struct<bytes: binary, path: string> or binary")
+    if caption_column not in names:
+        problems.append(f"missing caption column {caption_column!r}")
+    elif not _is_string(schema.field(caption_column).type):
+        problems.append(f"caption column {caption_column!r} has type "
+                        f"{schema.field(caption_column).type}, expected string")
+    if aesthetic_column is not None:
+        if aesthetic_column not in names:
+            problems.append(f"missing aesthetic column {aesthetic_column!r} (needed by min_aesthetic)")
+        elif not (pa.types.is_floating(t := schema.field(aesthetic_column).type) or pa.types.is_integer(t)):
+            problems.append(f"aesthetic column {aesthetic_column!r} has type {t}, expected a number")
+    return problems
+
+
+def inspect_source(uri: str, image_column: str = "image", caption_column: str = "text",
+                   aesthetic_column: str | None = None, endpoint_url: str | None = None) -> SourceInfo:
+    """Resolve, list and schema-check `uri`; raises SchemaError/DataSourceError."""
+    src = resolve_source(uri, endpoint_url)
+    files = list_parquet_files(src)
+    try:
+        schema = pq.read_schema(files[0], filesystem=src.filesystem)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise SchemaError(f"{uri}: cannot read the parquet schema of {files[0]}: {e}") from None
+    if all(c in schema.names for c in ENCODED_COLUMNS):
+        return SourceInfo(src, files, schema, "encoded")
+    problems = schema_problems(schema, image_column, caption_column, aesthetic_column)
+    if problems:
+        raise SchemaError(f"{uri} ({files[0]}) does not have the laion-art schema: "
+                          + "; ".join(problems) + f". Columns found: {', '.join(schema.names)}")
+    return SourceInfo(src, files, schema, "raw")
+
+
+def read_columns(info: SourceInfo, columns: list[str], parallelism: int | None = None) -> ray.data.Dataset:
+    """Streaming read of only `columns` (parquet column pruning keeps metadata off the wire)."""
+    ds = ray.data.read_parquet(info.files, filesystem=info.source.filesystem, concurrency=parallelism)
+    return ds.select_columns(columns)  # pushed down into the parquet read
