@@ -1,0 +1,89 @@
+"""`train` section: Ray Train workers, DeepSpeed ZeRO, optimisation, checkpoints, eval and samples."""
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from maskunet_platform.config.base import Section
+
+
+class DeepSpeedSection(Section):
+    # enabled=False trains with plain torch DDP (the parity baseline for ZeRO).
+    enabled: bool = True
+    zero_stage: int = Field(2, ge=0, le=3)
+    offload_optimizer: Literal["none", "cpu"] = "none"
+    offload_param: Literal["none", "cpu"] = "none"  # ZeRO-3 only
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    # Always explicit: DeepSpeed 0.19 silently defaults to 1.0. 0 = no clipping.
+    gradient_clipping: float = Field(1.0, ge=0)
+    # Raw DeepSpeed config keys merged last, for settings not modelled here.
+    extra: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _offload_param_needs_zero3(self):
+        if self.offload_param != "none" and self.zero_stage != 3:
+            raise ValueError("offload_param requires zero_stage 3")
+        if self.offload_optimizer != "none" and self.zero_stage == 0:
+            raise ValueError("offload_optimizer requires zero_stage >= 1")
+        return self
+
+
+class EvalSection(Section):
+    # Paired held-out evaluation: same images, noise and timesteps for base and masked.
+    rows: int = Field(32, ge=1, description="held-out rows (taken from the end of the data)")
+    batch_size: int = Field(8, ge=1)
+    seed: int = 1234
+    timestep_buckets: int = Field(4, ge=1)
+
+
+class SamplesSection(Section):
+    # Sample grid PNG: base vs masked with the same prompts and seeds.
+    prompts: list[str] = Field(default_factory=lambda: ["a red circle on a blue background",
+                                                         "a photo of a yellow star"])
+    num_inference_steps: int = Field(10, ge=1)
+    guidance_scale: float = Field(7.5, ge=0)
+    seed: int = 0
+    resolution: Optional[int] = Field(None, ge=8, description="default: data.resolution")
+
+
+class TrainSection(Section):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on GPU, gloo on CPU
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    steps: int = Field(40, ge=1, description="optimizer steps")
+    # The micro-batch per worker is data.batch_size.
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    seed: int = 0
+    log_every: int = Field(5, ge=1)
+    timestep_buckets: int = Field(4, ge=1)
+    checkpoint_every: int = Field(20, ge=1)
+    checkpoints_to_keep: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=-1, description="-1 = retry forever")
+    # Ray Train RunConfig(storage_path, name): local dir or s3://bucket/prefix. Re-running
+    # with the same run_name resumes from its latest checkpoint.
+    storage_path: str = "~/.cache/maskunet/runs"
+    run_name: Optional[str] = Field(None, description="default: job name")
+    # Local folder the final consolidated mask generator is exported to (<export_dir>/<run name>/generator).
+    export_dir: str = "~/.cache/maskunet/exports"
+    # Batches come as raw images (encoded on the worker) or precomputed latents.
+    input: Literal["auto", "raw", "latents"] = "auto"
+    compile: bool = False  # torch.compile the U-Net (GPU runs)
+    gradient_checkpointing: bool = False
+    eval: EvalSection = Field(default_factory=EvalSection)
+    samples: SamplesSection = Field(default_factory=SamplesSection)
+
+    @model_validator(mode="after")
+    def _check_combinations(self):
+        if self.precision == "fp16" and not self.use_gpu:
+            raise ValueError("precision fp16 needs use_gpu: true (CPU kernels lack fp16)")
+        if not self.deepspeed.enabled and self.precision != "fp32":
+            raise ValueError("precision bf16/fp16 needs deepspeed.enabled (DDP path trains fp32)")
+        if self.backend == "nccl" and not self.use_gpu:
+            raise ValueError("backend nccl needs use_gpu: true")
+        return self

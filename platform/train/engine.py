@@ -1,0 +1,151 @@
+"""Optimisation engines for the mask generator: DeepSpeed ZeRO 0-3, or plain torch DDP.
+
+Both expose the same small surface (`forward_module`, `backward`, `step`, `lr`) so the
+training loop reads the same either way; DDP is the parity baseline for ZeRO.
+"""
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from maskunet_platform.config.train import TrainSection
+
+
+def configure_worker_env(use_gpu: bool) -> None:
+    """Process env DeepSpeed reads at import: accelerator and a persistent JIT-op cache."""
+    if not use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    # The CPU shm op JIT-builds once (30-45 s); keep it across runs and CI jobs.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/maskunet/torch_extensions"))
+
+
+def lr_lambda(train: TrainSection) -> Callable[[int], float]:
+    """Multiplier on the base lr: linear warmup, then constant / linear decay / cosine decay."""
+    warmup, total = train.warmup_steps, train.steps
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if train.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if train.lr_schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def deepspeed_config(train: TrainSection, micro_batch: int, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for this job (clipping always explicit)."""
+    ds = train.deepspeed
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.offload_optimizer == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": train.use_gpu}
+    if ds.offload_param == "cpu":
+        zero["offload_param"] = {"device": "cpu", "pin_memory": train.use_gpu}
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": ds.gradient_accumulation_steps,
+        "train_batch_size": micro_batch * ds.gradient_accumulation_steps * world_size,
+        "gradient_clipping": ds.gradient_clipping,
+        "zero_optimization": zero,
+        "bf16": {"enabled": train.precision == "bf16"},
+        "fp16": {"enabled": train.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        # We pass a torch AdamW; DeepSpeed's own CPU Adam would JIT-compile for ~1 min.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    return _deep_merge(config, ds.extra)
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def build_optimizer(params: list[nn.Parameter], train: TrainSection) -> torch.optim.Optimizer:
+    if not params:
+        raise ValueError("no trainable parameters: the mask generator has no parameters requiring grad")
+    return torch.optim.AdamW(params, lr=train.lr, betas=train.betas, weight_decay=train.weight_decay)
+
+
+@dataclass
+class Engine:
+    """What the loop drives. `forward_module(sample, t, ehs)` runs the (wrapped) masked U-Net."""
+
+    kind: str  # "deepspeed" | "ddp"
+    forward_module: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    accumulation_steps: int
+    clipping: float
+    trainable: list[nn.Parameter]
+    ds_engine: Any = None
+    _micro: int = 0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.ds_engine is not None:
+            self.ds_engine.backward(loss)  # scales by 1/accumulation itself
+        else:
+            (loss / self.accumulation_steps).backward()
+
+    def step(self) -> bool:
+        """Advance one micro-batch; True when this was an optimizer step (accumulation boundary)."""
+        if self.ds_engine is not None:
+            boundary = self.ds_engine.is_gradient_accumulation_boundary()
+            self.ds_engine.step()
+            return boundary
+        self._micro += 1
+        if self._micro % self.accumulation_steps:
+            return False
+        if self.clipping > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.clipping)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+        return True
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def build_engine(model: nn.Module, train: TrainSection, micro_batch: int, world_size: int,
+                 device: torch.device) -> Engine:
+    """Wrap `model` (masked U-Net; only mask-generator params require grad) for training."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(trainable, train)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
+    ds = train.deepspeed
+    if not ds.enabled:
+        return _ddp_engine(model, train, world_size, device, trainable, optimizer, scheduler)
+    import deepspeed  # imported late: it reads DS_ACCELERATOR at import time
+
+    ds_engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
+        model=model,
+        model_parameters=trainable,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(train, micro_batch, world_size),
+        dist_init_required=False,  # Ray Train already initialised the process group
+    )
+    return Engine("deepspeed", ds_engine, ds_optimizer, ds_scheduler, ds.gradient_accumulation_steps,
+                  ds.gradient_clipping, trainable, ds_engine=ds_engine)
+
+
+def _ddp_engine(model, train, world_size, device, trainable, optimizer, scheduler) -> Engine:
+    model.to(device)
+    wrapped: nn.Module = model
+    if world_size > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return Engine("ddp", wrapped, optimizer, scheduler, train.deepspeed.gradient_accumulation_steps,
+                  train.deepspeed.gradient_clipping, trainable)

@@ -1,0 +1,104 @@
+"""Paired held-out evaluation: the same images, noise and timesteps through base and masked U-Net.
+
+Reports the denoising loss per timestep bucket and overall for both, plus the masks' drop
+fraction per layer and bucket (the sparsity heatmap). Masks are deterministic (eval mode).
+"""
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+
+from maskunet import MaskedUNet, MaskGenerator
+from maskunet.training import diffusion_loss, encode_images, encode_prompts
+from maskunet_platform.train.base import FrozenBase
+from maskunet_platform.train.metrics import bucket_names
+
+
+@dataclass
+class EvalResult:
+    buckets: list[str]
+    base_loss: dict[str, float]  # bucket -> mean loss, plus "overall"
+    masked_loss: dict[str, float]
+    rows: int
+    layer_drop: dict[str, list[float]] = field(default_factory=dict)  # layer -> drop fraction per bucket
+
+    def metrics(self, prefix: str = "eval/") -> dict[str, float]:
+        out = {f"{prefix}rows": float(self.rows)}
+        for key in ["overall", *self.buckets]:
+            if key in self.base_loss:
+                out[f"{prefix}base_loss_{key}"] = self.base_loss[key]
+                out[f"{prefix}masked_loss_{key}"] = self.masked_loss[key]
+        out[f"{prefix}loss_delta_overall"] = self.masked_loss["overall"] - self.base_loss["overall"]
+        return out
+
+
+def stratified_timesteps(batch: int, offset: int, buckets: int, num_train_timesteps: int,
+                         rng: torch.Generator) -> torch.Tensor:
+    """Sample i gets a uniform timestep inside bucket (offset + i) % buckets: every bucket is covered."""
+    width = num_train_timesteps / buckets
+    index = (torch.arange(batch) + offset) % buckets
+    return (index * width + torch.rand(batch, generator=rng) * width).long().clamp(max=num_train_timesteps - 1)
+
+
+@torch.no_grad()
+def paired_eval(base: FrozenBase, generator: MaskGenerator, batches: Iterable[dict[str, torch.Tensor]],
+                rows: int, buckets: int = 4, seed: int = 1234) -> EvalResult:
+    """Evaluate `generator` on up to `rows` rows; the same randomness feeds base and masked."""
+    masked = MaskedUNet(base.unet, generator.to(base.unet.device, base.unet.dtype).eval())
+    scheduler, n_train = base.noise_scheduler, base.noise_scheduler.config.num_train_timesteps
+    names = bucket_names(buckets, n_train)
+    sums = {kind: torch.zeros(buckets, dtype=torch.float64) for kind in ("base", "masked")}
+    counts = torch.zeros(buckets, dtype=torch.float64)
+    drop_sums: dict[str, torch.Tensor] = {}
+    rng, seen = torch.Generator().manual_seed(seed), 0
+    try:
+        for batch in batches:
+            latents, states = _inputs(base, batch, rng)
+            take = min(latents.shape[0], rows - seen)
+            latents, states = latents[:take], states[:take]
+            noise = torch.randn(latents.shape, generator=rng).to(latents)
+            timesteps = stratified_timesteps(take, seen, buckets, n_train, rng).to(latents.device)
+            bucket = (timesteps.cpu() * buckets // n_train).clamp(max=buckets - 1)
+            masked.masks_enabled = False
+            base_loss = diffusion_loss(masked, scheduler, latents, states, noise, timesteps).double().cpu()
+            masked.masks_enabled = True
+            masked_loss = diffusion_loss(masked, scheduler, latents, states, noise, timesteps).double().cpu()
+            sums["base"].index_add_(0, bucket, base_loss)
+            sums["masked"].index_add_(0, bucket, masked_loss)
+            counts.index_add_(0, bucket, torch.ones(take, dtype=torch.float64))
+            _add_layer_drops(drop_sums, masked.mask_stats(per_sample=True), bucket, buckets)
+            seen += take
+            if seen >= rows:
+                break
+    finally:
+        masked.unwrap()  # leave the base U-Net as it was
+    if not seen:
+        raise ValueError("paired eval got no rows: the held-out data is empty")
+    return _summarise(names, sums, counts, drop_sums, seen)
+
+
+def _inputs(base: FrozenBase, batch: dict, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    device, dtype = base.unet.device, base.unet.dtype
+    if "latents" in batch:
+        return batch["latents"].to(device, dtype), batch["encoder_hidden_states"].to(device, dtype)
+    pixels = batch["pixel_values"].to(device, base.vae.dtype)
+    latents = encode_images(base.vae, pixels, generator=torch.Generator(device).manual_seed(
+        int(torch.randint(0, 2**31, (1,), generator=rng))))
+    return latents.to(dtype), encode_prompts(base.text_encoder, batch["input_ids"].to(device)).to(dtype)
+
+
+def _add_layer_drops(drop_sums: dict, stats: dict, bucket: torch.Tensor, buckets: int) -> None:
+    for name, layer in stats["layers"].items():
+        per_sample = torch.tensor(layer["per_sample_drop_fraction"], dtype=torch.float64)
+        drop_sums.setdefault(name, torch.zeros(buckets, dtype=torch.float64)).index_add_(0, bucket, per_sample)
+
+
+def _summarise(names, sums, counts, drop_sums, rows) -> EvalResult:
+    def by_bucket(values: torch.Tensor) -> dict[str, float]:
+        out = {names[i]: (values[i] / counts[i]).item() for i in range(len(names)) if counts[i]}
+        out["overall"] = (values.sum() / counts.sum()).item()
+        return out
+
+    layer_drop = {name: [(v[i] / counts[i]).item() if counts[i] else float("nan") for i in range(len(names))]
+                  for name, v in drop_sums.items()}
+    return EvalResult(names, by_bucket(sums["base"]), by_bucket(sums["masked"]), rows, layer_drop)

@@ -1,0 +1,143 @@
+"""Driver side: Ray connection, TorchTrainer construction, fit, then export/eval/log/register."""
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import ray
+
+from maskunet_platform.config import JobConfig
+from maskunet_platform.train.base import resolve_base
+from maskunet_platform.train.engine import configure_worker_env
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingOutcome:
+    run_name: str
+    checkpoint_path: str  # latest Ray Train checkpoint (local path or bucket/prefix on S3)
+    generator_dir: str  # exported MaskGenerator folder (local)
+    metrics: dict
+    mlflow_run_id: Optional[str] = None
+    artifact_uri: Optional[str] = None
+    model_version: Optional[str] = None
+    eval: Optional[dict] = None
+    timings: dict = field(default_factory=dict)  # stage -> seconds
+
+
+def connect_ray(address: Optional[str], job: JobConfig) -> None:
+    """Join a cluster (`--address`/RAY_ADDRESS) or start a local Ray sized for workers + data tasks."""
+    configure_worker_env(job.train.use_gpu)  # inherited by local workers; set again inside each worker
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR") if k in os.environ}
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env})
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Training workers hold their CPUs for the whole run; Ray Data's read/preprocess tasks
+    # need slots of their own, or the input pipeline starves.
+    need = int(job.train.num_workers * job.train.cpus_per_worker) + 2
+    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
+             runtime_env={"env_vars": env})
+
+
+def run_config(job: JobConfig, run_name: str):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    storage_path, filesystem = storage_location(job.train.storage_path, job.data.s3_endpoint_url)
+    return RunConfig(
+        name=run_name, storage_path=storage_path, storage_filesystem=filesystem,
+        failure_config=FailureConfig(max_failures=job.train.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=job.train.checkpoints_to_keep),
+    )
+
+
+def storage_location(storage_path: str, endpoint_url: Optional[str] = None):
+    """(path, pyarrow filesystem or None): s3:// goes through an explicit S3 filesystem so an
+    S3-compatible endpoint (AWS_ENDPOINT_URL, moto, MinIO) is honoured on every node."""
+    if storage_path.startswith("s3://"):
+        from maskunet_platform.data.uri import s3_filesystem
+
+        return storage_path[len("s3://"):].rstrip("/"), s3_filesystem(endpoint_url)
+    local = Path(storage_path).expanduser().resolve()
+    local.mkdir(parents=True, exist_ok=True)
+    return str(local), None
+
+
+def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_location: str):
+    from ray.train import DataConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from maskunet_platform.data.pipeline import build_dataset, execution_options
+    from maskunet_platform.train.loop import train_loop_per_worker
+
+    train = job.train
+    backend = train.backend if train.backend != "auto" else ("nccl" if train.use_gpu else "gloo")
+    datasets = {"train": build_dataset(job.data, base_location, split="train",
+                                       counter_name=drop_counter_name(run_name))}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job.model_dump(mode="json"), "tracking": tracking,
+                           "drop_counter": drop_counter_name(run_name)},
+        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
+                                     resources_per_worker={"CPU": train.cpus_per_worker}),
+        torch_config=TorchConfig(backend=backend),
+        run_config=run_config(job, run_name),
+        datasets=datasets,
+        dataset_config=DataConfig(execution_options=execution_options(job.data)),
+    )
+
+
+def drop_counter_name(run_name: str) -> str:
+    return f"maskunet-data-drops-{run_name}"
+
+
+def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[str] = None,
+              finalize: bool = True) -> TrainingOutcome:
+    """Run a whole training job: fit (resuming when the run name has checkpoints), then finalize."""
+    from maskunet_platform.train.tracking import start_or_resume_run
+
+    connect_ray(address, job)
+    run_name = job.train.run_name or job.name
+    base_location = resolve_base(job.model)
+    target = start_or_resume_run(job, run_name) if job.tracking.enabled else None
+    trainer = build_trainer(job, run_name, asdict(target) if target else None, base_location)
+    started = time.perf_counter()
+    result = trainer.fit()
+    fit_seconds = time.perf_counter() - started
+    if result.error is not None:
+        raise RuntimeError(f"training run {run_name!r} failed: {result.error}") from result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name!r} finished without a checkpoint")
+    outcome = TrainingOutcome(run_name, result.checkpoint.path, "", dict(result.metrics or {}))
+    outcome.timings["fit"] = fit_seconds
+    outcome.generator_dir = str(export_final_generator(result.checkpoint, job, run_name))
+    if target is not None:
+        outcome.mlflow_run_id = target.run_id
+    if finalize:
+        from maskunet_platform.train.finalize import finalize_run
+
+        finalize_run(job, outcome, target, base_location, job_yaml)
+    return outcome
+
+
+def export_final_generator(checkpoint, job: JobConfig, run_name: str) -> Path:
+    """Copy the consolidated generator folder out of the final checkpoint to a local export dir."""
+    import shutil
+
+    from maskunet_platform.train.checkpoint import GENERATOR_DIR
+
+    out = Path(job.train.export_dir).expanduser() / run_name / "generator"
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as local:
+        src = Path(local) / GENERATOR_DIR
+        if not src.is_dir():
+            raise FileNotFoundError(f"checkpoint {checkpoint.path} has no {GENERATOR_DIR}/ folder")
+        shutil.copytree(src, out)
+    return out

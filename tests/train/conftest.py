@@ -1,0 +1,70 @@
+"""Shared inputs for the training tests: tiny base, sample data, and a job builder."""
+import os
+from pathlib import Path
+
+import pytest
+
+from maskunet_platform.config import load_job
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_JOB = REPO / "jobs" / "local.yaml"
+DEFAULT_STEPS = 30
+SECRET = "SuperSecret123"
+# Clipping off and a fixed row order, so the ZeRO-2 default run doubles as the DDP parity reference.
+PARITY = ["train.deepspeed.gradient_clipping=0", "data.deterministic=true", f"train.steps={DEFAULT_STEPS}"]
+
+# The DeepSpeed CPU shm op JIT-builds once (30-45 s); keep it across test sessions and CI runs.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/maskunet/torch_extensions"))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture(scope="session")
+def train_base(tmp_path_factory) -> str:
+    from maskunet.tiny import ensure_tiny_base
+
+    return str(ensure_tiny_base(tmp_path_factory.mktemp("train-base")))
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory) -> str:
+    from maskunet_platform.data.sample import write_sample
+
+    out = tmp_path_factory.mktemp("train-data")
+    write_sample(str(out), rows=320, shards=4, seed=0)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def make_job(train_base, train_data, tmp_path_factory):
+    """jobs/local.yaml with test locations; 0.5 CPU per worker leaves Ray Data a CPU on 2 cores."""
+    root = tmp_path_factory.mktemp("train-runs")
+
+    def build(name: str, *overrides: str, tracking_uri: str | None = None):
+        base = [f"name={name}", f"model.base={train_base}", f"data.source={train_data}",
+                f"train.storage_path={root / 'storage'}", f"train.export_dir={root / 'exports'}",
+                "train.cpus_per_worker=0.5", f"tracking.experiment=test-{name}",
+                f"tracking.registered_model_name=test-{name}"]
+        base.append(f"tracking.tracking_uri={tracking_uri}" if tracking_uri else "tracking.enabled=false")
+        return load_job(LOCAL_JOB, [*base, *overrides])
+
+    return build
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_experiment_env():
+    # mlflow.set_experiment exports MLFLOW_EXPERIMENT_ID, which would leak between tests.
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+    yield
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
+
+
+@pytest.fixture(scope="session")
+def default_run(ray_local, mlflow_server, make_job):
+    """The default job (ZeRO-2, 2 workers) with tracking, eval, artifacts and registration."""
+    from maskunet_platform.train.launcher import train_job
+
+    # A credential in a URL must never reach MLflow params (storage is local, so it is unused).
+    job = make_job("default", *PARITY, f"data.s3_endpoint_url=http://key:{SECRET}@127.0.0.1:9",
+                   tracking_uri=mlflow_server.tracking_uri)
+    outcome = train_job(job, job_yaml=LOCAL_JOB.read_text())
+    return job, outcome

@@ -1,0 +1,95 @@
+"""The embedded default job end to end on real services: local Ray, DeepSpeed ZeRO-2 on 2 CPU
+workers, a real MLflow server. One training run; its outputs are checked by several tests."""
+import base64
+import io
+import json
+
+import pytest
+import torch
+from tests.train.conftest import DEFAULT_STEPS, LOCAL_JOB, SECRET
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def client(mlflow_server):
+    from mlflow import MlflowClient
+
+    return MlflowClient(mlflow_server.tracking_uri)
+
+
+def test_masked_beats_base_on_held_out_data(default_run):
+    _, outcome = default_run
+    e = outcome.eval
+    assert e["eval/rows"] == 32
+    assert e["eval/masked_loss_overall"] < e["eval/base_loss_overall"], e
+    assert outcome.metrics["step"] == DEFAULT_STEPS
+    assert 0 < outcome.metrics["train/sparsity_realised"] < 1
+
+
+def test_mlflow_run_params_metrics_artifacts(default_run, client):
+    job, outcome = default_run
+    run = client.get_run(outcome.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["train.deepspeed.zero_stage"] == "2" and params["train.num_workers"] == "2"
+    assert params["train.deepspeed.gradient_clipping"] == "0.0"
+    assert not any(SECRET in value for value in params.values()), "a credential leaked into params"
+    assert "***@127.0.0.1:9" in params["data.s3_endpoint_url"]
+    losses = client.get_metric_history(outcome.mlflow_run_id, "train/loss")
+    assert [m.step for m in losses] == list(range(5, DEFAULT_STEPS + 1, 5))
+    metrics = run.data.metrics
+    for key in ("train/images_per_s", "train/lr", "train/sparsity_expected", "train/sparsity_realised",
+                "train/loss_t0000_0249", "data/rows_in", "eval/base_loss_overall", "eval/masked_loss_overall"):
+        assert key in metrics, key
+    assert metrics["data/rows_in"] > 0
+    names = {a.path for a in client.list_artifacts(outcome.mlflow_run_id)}
+    assert {"sparsity_heatmap.png", "samples_base_vs_masked.png", "job.yaml", "mask_generator"} <= names
+    for png in ("sparsity_heatmap.png", "samples_base_vs_masked.png"):
+        local = client.download_artifacts(outcome.mlflow_run_id, png)
+        with Image.open(local) as image:
+            assert image.format == "PNG" and image.width > 100 and image.height > 60
+
+
+def test_registered_model_loads_and_generates(default_run, client):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    job, outcome = default_run
+    name = job.tracking.registered_model_name
+    version = client.get_model_version(name, outcome.model_version)
+    assert version.tags["run_id"] == outcome.mlflow_run_id
+    assert version.tags["data_source"] == job.data.source
+    assert version.tags["base_model"] == job.model.base
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{outcome.model_version}")
+    out = model.predict(pd.DataFrame({"prompt": ["a red circle in the center"], "seed": [0]}),
+                        params={"num_inference_steps": 3})
+    image = Image.open(io.BytesIO(base64.b64decode(out["image_png_b64"][0])))
+    assert image.size == (64, 64)
+
+
+def test_export_round_trips_and_eval_command_reproduces(default_run, mlflow_server, client):
+    from click.testing import CliRunner
+
+    from maskunet import MaskGenerator
+    from maskunet_platform.cli import main
+    from maskunet_platform.train.checkpoint import GENERATOR_DIR
+
+    job, outcome = default_run
+    exported = MaskGenerator.from_pretrained(outcome.generator_dir)
+    in_checkpoint = MaskGenerator.from_pretrained(f"{outcome.checkpoint_path}/{GENERATOR_DIR}")
+    for (name, a), (_, b) in zip(exported.state_dict().items(), in_checkpoint.state_dict().items()):
+        assert torch.equal(a, b), name
+    args = ["eval", "--masks", outcome.generator_dir, "--base", job.model.base, "-c", str(LOCAL_JOB),
+            "--set", f"data.source={job.data.source}", "--set", f"tracking.tracking_uri={mlflow_server.tracking_uri}",
+            "--set", "tracking.experiment=test-eval", "--json"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    start = result.stdout.rindex("{", 0, result.stdout.index('"metrics"'))
+    report, _ = json.JSONDecoder().raw_decode(result.stdout[start:])
+    # Same held-out rows, noise and timesteps: the CLI reproduces the training run's eval.
+    assert report["metrics"]["eval/masked_loss_overall"] == pytest.approx(outcome.eval["eval/masked_loss_overall"], rel=1e-5)
+    assert report["metrics"]["eval/base_loss_overall"] == pytest.approx(outcome.eval["eval/base_loss_overall"], rel=1e-5)
+    logged = client.get_run(report["mlflow_run_id"]).data.metrics
+    assert logged["eval/masked_loss_overall"] == pytest.approx(report["metrics"]["eval/masked_loss_overall"])
