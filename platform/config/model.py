@@ -1,5 +1,5 @@
 """`model` and `mask` sections: which base pipeline, and how its U-Net is masked."""
-from typing import Literal, Optional
+from typing import Optional
 
 from pydantic import Field
 
@@ -13,7 +13,6 @@ class ModelSection(Section):
     create_tiny_if_missing: bool = True
     tiny_seed: int = 0
     revision: Optional[str] = None
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
 
 
 class MaskSection(Section):
