@@ -22,9 +22,6 @@ class DataSection(Section):
     min_aesthetic: Optional[float] = Field(None, description="drop rows scoring below this")
     batch_size: int = Field(8, ge=1, description="rows per training batch on each worker")
     preprocess_batch_size: int = Field(32, ge=1, description="rows per map_batches call")
-    # Object-store budget of the preprocessing pipeline, in preprocessed batches: bounds
-    # memory when the trainer is slower than preprocessing (streaming stays flat).
-    max_buffered_batches: int = Field(8, ge=2, description="preprocessed batches Ray Data may hold")
     # Precompute VAE latents + text-encoder states in an actor pool (GPU when available).
     encode: bool = False
     encode_actors: int = Field(1, ge=1)

@@ -25,7 +25,7 @@ from ray.data import DataContext, ExecutionOptions
 
 from maskunet_platform.config.data import DataSection
 from maskunet_platform.data.encode import add_encode_stage
-from maskunet_platform.data.preprocess import PreprocessSpec, in_split, preprocess_batch
+from maskunet_platform.data.preprocess import PreprocessSpec, in_split, preprocess_blocks
 from maskunet_platform.data.reader import ENCODED_COLUMNS, SourceInfo, inspect_source, read_columns
 from maskunet_platform.data.stats import DEFAULT_COUNTER, drop_counter
 
@@ -59,7 +59,19 @@ def preprocess_spec(cfg: DataSection, base: str, split: str = "all", passthrough
         seed=cfg.seed, deterministic=cfg.deterministic, image_column=cfg.image_column,
         caption_column=cfg.caption_column, aesthetic_column=cfg.aesthetic_column,
         min_side=cfg.min_side, min_aesthetic=cfg.min_aesthetic, split=split,
-        holdout_fraction=cfg.holdout_fraction, passthrough=tuple(passthrough))
+        holdout_fraction=cfg.holdout_fraction, passthrough=tuple(passthrough),
+        batch_size=cfg.preprocess_batch_size)
+
+
+def output_block_bytes(cfg: DataSection) -> int:
+    """Ray's target block size for this dataset: a bit under one preprocessed batch.
+
+    Every full batch then leaves its task as its own block (no concatenation, no
+    re-slicing: Ray only slices blocks over 1.5x the target), and the fused read
+    gathers at most that many bytes of raw rows before handing them over.
+    """
+    row = 3 * cfg.resolution ** 2 * 4 + 77 * 8  # float32 pixels + int64 token ids
+    return int(0.8 * cfg.preprocess_batch_size * row)
 
 
 def open_source(cfg: DataSection) -> SourceInfo:
@@ -83,7 +95,7 @@ def build_dataset(cfg: DataSection, base: str, *, split: str = "all", counter_na
     if cfg.deterministic:
         DataContext.get_current().execution_options.preserve_order = True
     if info.kind == "encoded":
-        ds = read_columns(info, list(ENCODED_COLUMNS), cfg.parallelism)
+        ds = read_columns(info, list(ENCODED_COLUMNS), cfg.parallelism, cfg.preprocess_batch_size)
         if limit is not None:
             ds = ds.limit(limit)
         if split != "all" and cfg.holdout_fraction > 0:
@@ -94,15 +106,16 @@ def build_dataset(cfg: DataSection, base: str, *, split: str = "all", counter_na
     columns = [cfg.image_column, cfg.caption_column, *passthrough]
     if cfg.min_aesthetic is not None:
         columns.append(cfg.aesthetic_column)
-    ds = read_columns(info, list(dict.fromkeys(columns)), cfg.parallelism)
+    # One read task per row group (see parquet_source), fused with preprocessing below.
+    ds = read_columns(info, list(dict.fromkeys(columns)), cfg.parallelism, cfg.preprocess_batch_size)
     if limit is not None:
         ds = ds.limit(limit)
-    # The parquet reader hands whole files (often one block) to one task; a streaming
-    # re-split into batch-sized blocks lets every CPU preprocess at once.
-    ds = ds.repartition(target_num_rows_per_block=cfg.preprocess_batch_size)
-    ds = ds.map_batches(preprocess_batch, fn_kwargs={"spec": spec, "counter": drop_counter(counter_name)},
-                        batch_size=cfg.preprocess_batch_size, batch_format="pyarrow",
+    # Ray fuses the read into this stage (raw bytes never reach the object store) as long
+    # as it sets no batch_size; preprocess_blocks slices its input into batches itself.
+    ds = ds.map_batches(preprocess_blocks, fn_kwargs={"spec": spec, "counter": drop_counter(counter_name)},
+                        batch_size=None, batch_format="pyarrow",
                         compute=ray.data.TaskPoolStrategy(size=cfg.parallelism))
+    ds.context.target_max_block_size = output_block_bytes(cfg)
     if cfg.encode:
         ds = add_encode_stage(ds, spec.tokenizer_dir, actors=cfg.encode_actors, device=cfg.encode_device,
                               batch_size=cfg.preprocess_batch_size)

@@ -54,6 +54,7 @@ class PreprocessSpec:
     split: str = "all"  # "all" | "train" | "holdout"
     holdout_fraction: float = 0.0
     passthrough: tuple[str, ...] = ()  # extra input columns copied to the output (tests, debugging)
+    batch_size: int = 32  # rows per output block of `preprocess_blocks`
 
 
 @functools.lru_cache(maxsize=4)
@@ -130,12 +131,20 @@ def resize_crop(img: Image.Image, resolution: int, crop: str, rng: np.random.Gen
 
 
 def image_to_array(img: Image.Image, resolution: int, crop: str, flip: bool,
-                   rng: np.random.Generator) -> np.ndarray:
-    """RGB image -> float32 (3, R, R) in [-1, 1]."""
-    arr = np.asarray(resize_crop(img, resolution, crop, rng), dtype=np.float32)
+                   rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
+    """RGB image -> float32 (3, R, R) in [-1, 1], written into `out` when given.
+
+    The flip and the HWC -> CHW transpose are views of the uint8 pixels; the one float
+    pass writes straight into `out` (e.g. a row of the preallocated batch), no temporaries.
+    """
+    arr = np.asarray(resize_crop(img, resolution, crop, rng))
     if flip and rng.random() < 0.5:
         arr = arr[:, ::-1]
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)) / 127.5 - 1.0
+    if out is None:
+        out = np.empty((3, resolution, resolution), np.float32)
+    np.divide(arr.transpose(2, 0, 1), np.float32(127.5), out=out, casting="unsafe")
+    out -= np.float32(1.0)
+    return out
 
 
 def row_hash(image: bytes | None, caption: str | None) -> int:
@@ -182,7 +191,9 @@ def preprocess_batch(table: pa.Table, spec: PreprocessSpec, counter=None) -> dic
     scores = (table.column(spec.aesthetic_column).to_pylist()
               if spec.min_aesthetic is not None else [None] * len(images))
     salt = [] if spec.deterministic else [int.from_bytes(os.urandom(8), "little")]
-    pixels, kept_captions, kept_idx, dropped, seen = [], [], [], Counter(), 0
+    r = spec.resolution
+    pixels = np.empty((len(images), 3, r, r), np.float32)  # kept rows are written in place
+    kept_captions, kept_idx, dropped, seen = [], [], Counter(), 0
     for i, (image, caption, score) in enumerate(zip(images, captions, scores)):
         key = row_hash(image, caption)
         if not in_split(key, spec.split, spec.holdout_fraction):
@@ -194,19 +205,29 @@ def preprocess_batch(table: pa.Table, spec: PreprocessSpec, counter=None) -> dic
             dropped[bad.reason] += 1
             continue
         rng = np.random.default_rng([spec.seed, key, *salt])
-        pixels.append(image_to_array(img, spec.resolution, spec.crop, spec.flip, rng))
+        image_to_array(img, r, spec.crop, spec.flip, rng, out=pixels[len(kept_idx)])
         kept_captions.append(str(caption))
         kept_idx.append(i)
-    r = spec.resolution
+    n = len(kept_idx)
     out = {
-        "pixel_values": np.stack(pixels) if pixels else np.zeros((0, 3, r, r), np.float32),
+        "pixel_values": pixels if n == len(images) else pixels[:n].copy(),
         "input_ids": tokenize(kept_captions, load_tokenizer(spec.tokenizer_dir)) if kept_captions
         else np.zeros((0, 77), np.int64),
     }
     for name in spec.passthrough:
         out[name] = np.asarray(table.column(name).take(pa.array(kept_idx, pa.int64())).to_pylist(), dtype=object)
-    _report(counter, seen, len(pixels), dropped)
+    _report(counter, seen, n, dropped)
     return out
+
+
+def preprocess_blocks(table: pa.Table, spec: PreprocessSpec, counter=None):
+    """map_batches generator: any number of rows in -> one output per `spec.batch_size` rows.
+
+    The read is fused into this stage and hands it whatever it read (up to Ray's target
+    block size); slicing here keeps every output block one training-sized batch.
+    """
+    for start in range(0, table.num_rows, spec.batch_size):
+        yield preprocess_batch(table.slice(start, spec.batch_size), spec, counter)
 
 
 def _report(counter, rows_in: int, rows_out: int, dropped: Counter) -> None:
