@@ -6,13 +6,8 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 
 from maskunet import MaskConfig, MaskGenerator, MaskUNetPipeline
-from maskunet.tiny import CAPTION_WORDS, save_tiny_base
+from maskunet.tiny import CAPTION_WORDS
 from maskunet_platform.cli import main as cli
-
-
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    return save_tiny_base(tmp_path_factory.mktemp("tiny-base"), seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,6 @@ from tests.data.badrows import bad_rows_table
 
 
 @pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory) -> str:
-    from maskunet.tiny import ensure_tiny_base
-
-    return str(ensure_tiny_base(tmp_path_factory.mktemp("tiny-base")))
-
-
-@pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> str:
     from maskunet_platform.data.sample import write_sample
 

@@ -2,7 +2,6 @@
 import logging
 
 import numpy as np
-import pytest
 
 from maskunet_platform.config.data import DataSection
 from maskunet_platform.data.pipeline import build_dataset

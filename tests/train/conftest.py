@@ -19,13 +19,6 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 @pytest.fixture(scope="session")
-def train_base(tmp_path_factory) -> str:
-    from maskunet.tiny import ensure_tiny_base
-
-    return str(ensure_tiny_base(tmp_path_factory.mktemp("train-base")))
-
-
-@pytest.fixture(scope="session")
 def train_data(tmp_path_factory) -> str:
     from maskunet_platform.data.sample import write_sample
 
@@ -35,12 +28,12 @@ def train_data(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def make_job(train_base, train_data, tmp_path_factory):
+def make_job(tiny_base, train_data, tmp_path_factory):
     """jobs/local.yaml with test locations; 0.5 CPU per worker leaves Ray Data a CPU on 2 cores."""
     root = tmp_path_factory.mktemp("train-runs")
 
     def build(name: str, *overrides: str, tracking_uri: str | None = None):
-        base = [f"name={name}", f"model.base={train_base}", f"data.source={train_data}",
+        base = [f"name={name}", f"model.base={tiny_base}", f"data.source={train_data}",
                 f"train.storage_path={root / 'storage'}", f"train.export_dir={root / 'exports'}",
                 "train.cpus_per_worker=0.5", f"tracking.experiment=test-{name}",
                 f"tracking.registered_model_name=test-{name}"]
