@@ -15,6 +15,7 @@ from maskunet_platform.data.stats import drop_metrics
 from maskunet_platform.train.base import DTYPES, FrozenBase, load_frozen_base
 from maskunet_platform.train.checkpoint import restore_training_checkpoint, save_training_checkpoint
 from maskunet_platform.train.engine import Engine, build_engine, configure_worker_env
+from maskunet_platform.train.recovery import checkpoint_dir_name, checkpoint_to_resume, mark_complete
 from maskunet_platform.train.metrics import MetricWindow, realised_sparsity
 from maskunet_platform.train.tracking import WorkerTracker
 
@@ -142,11 +143,12 @@ def _report(w: Worker, metrics: dict, step: int, checkpoint: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="maskunet-ckpt-") as local:
         save_training_checkpoint(w.engine, w.masked.generator, step, w.rank, w.world_size, local)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
-                         checkpoint_dir_name=f"checkpoint_step{step:08d}")
+                         checkpoint_dir_name=checkpoint_dir_name(step))
+    mark_complete(step, w.rank)
 
 
 def _restore(w: Worker) -> int:
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = checkpoint_to_resume(w.world_size)
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as local:
