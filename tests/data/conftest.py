@@ -5,12 +5,8 @@ from tests.data.badrows import bad_rows_table
 
 
 @pytest.fixture(scope="session")
-def sample_dir(tmp_path_factory) -> str:
-    from maskunet_platform.data.sample import write_sample
-
-    out = tmp_path_factory.mktemp("sample")
-    write_sample(str(out), rows=24, shards=2, seed=3)
-    return str(out)
+def sample_dir(sample_data) -> str:
+    return sample_data(rows=24, shards=2, seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -19,12 +19,8 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
 @pytest.fixture(scope="session")
-def train_data(tmp_path_factory) -> str:
-    from maskunet_platform.data.sample import write_sample
-
-    out = tmp_path_factory.mktemp("train-data")
-    write_sample(str(out), rows=320, shards=4, seed=0)
-    return str(out)
+def train_data(sample_data) -> str:
+    return sample_data(rows=320, shards=4, seed=0)
 
 
 @pytest.fixture(scope="session")
