@@ -1,16 +1,25 @@
 """Data pipeline benchmark (issue 3).
 
-1. Preprocessing throughput (decode + resize + crop + flip + normalise + tokenize,
-   images/s) at 512^2: Ray Data (`build_dataset`, consumed with `iter_torch_batches` like
-   the trainer) vs a torch DataLoader over HF `datasets` (the reference trainer's
-   pipeline: `load_dataset("parquet")` + `with_transform`, `num_workers` = CPUs,
-   persistent workers, default collate) applying the very same per-row functions
-   (`decode_image`, `image_to_array`, `tokenize`), same parquet, same CPU count.
-   Each side runs in its own fresh subprocess; sides alternate for `--repeats` rounds so
-   background load hits both alike. Per side: start-up cost (process start to the end of
-   the first, cold epoch, which includes `ray.init` / HF's parquet->arrow conversion /
-   worker imports) is reported separately from steady-state throughput (a second, warm
-   epoch over the same rows). The ratio uses the median warm throughput of each side.
+1. Preprocessing throughput (decode + RGB + resize + crop + flip + normalise + tokenize,
+   images/s) at 512^2, same parquet, same CPU count, three pipelines:
+   - "ray":  Ray Data (`build_dataset`, consumed with `iter_torch_batches` like the trainer);
+   - "ref":  the reference trainer's pipeline, the baseline of the issue: a torch
+             DataLoader (`num_workers` = CPUs, persistent workers) over HF `datasets`
+             (`load_dataset("parquet")`, `datasets.Image` decoding, `with_transform`) with
+             torchvision's transforms Resize(512, BILINEAR), CenterCrop, RandomHorizontalFlip,
+             ToTensor, Normalize([0.5], [0.5]). They are spelled out below as the PIL/torch
+             calls torchvision makes for PIL input, because torchvision's PyPI wheel does
+             not load against the CPU build of torch this project pins;
+   - "dl":   the same DataLoader + HF datasets, but applying this platform's own per-row
+             functions (`decode_image`, `image_to_array`, `tokenize`): a control that gives
+             both sides identical per-image work, so its ratio isolates pipeline overhead.
+   Each run is a fresh subprocess; pipelines alternate for `--repeats` rounds so background
+   load hits all alike. Each run makes a cold pass (process start to its end: `ray.init`,
+   HF's parquet -> arrow conversion, worker start and imports), reported as start-up, then
+   a warm pass over the same rows, which gives the throughput (its time to the first
+   batch, the per-epoch start latency, is printed too). The ratios use median warm
+   throughputs. `--copies` hard-linked copies of the shards make the stream long enough
+   that per-epoch fixed costs weigh about as little as they do on a real epoch.
 2. Peak memory while streaming 1x and 10x the rows (fresh subprocess + fresh Ray each):
    a warm-up epoch over the 1x rows first, then peaks are reset and the timed stream is
    sampled every 0.1 s: driver RSS, the sum of RSS over all Ray processes (children of
@@ -36,31 +45,31 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 RESOLUTION = 512
 BATCH = 32
+CROP = "center"  # the paper's recipe: center crop, random flip
 
 
-def make_data(root: Path, rows: int, image_size: int, copies: int) -> tuple[str, str]:
-    """1x shards in root/x1 and `copies` hard-linked copies of them in root/x10."""
+def link_copies(src: str, dest: Path, copies: int) -> str:
+    """`copies` hard-linked copies of the parquet shards of `src` in `dest`."""
+    dest.mkdir()
+    for k in range(copies):
+        for f in Path(src).glob("*.parquet"):
+            os.link(f, dest / f"c{k:02d}-{f.name}")
+    return str(dest)
+
+
+def make_data(root: Path, rows: int, image_size: int) -> str:
     from maskunet_platform.data.sample import write_sample
 
-    one = root / "x1"
-    write_sample(str(one), rows=rows, shards=4, seed=0, image_size=image_size)
-    many = root / "x10"
-    many.mkdir()
-    for k in range(copies):
-        for f in one.glob("*.parquet"):
-            os.link(f, many / f"c{k:02d}-{f.name}")
-    return str(one), str(many)
+    write_sample(str(root / "x1"), rows=rows, shards=4, seed=0, image_size=image_size)
+    return str(root / "x1")
 
 
-def _ray_epoch(source: str, base: str, limit: int | None = None) -> int:
+def _ray_batches(source: str, base: str):
     from maskunet_platform.config.data import DataSection
     from maskunet_platform.data.pipeline import build_dataset
 
-    cfg = DataSection(source=source, resolution=RESOLUTION, flip=True, crop="random", preprocess_batch_size=BATCH)
-    n = 0
-    for batch in build_dataset(cfg, base, limit=limit).iter_torch_batches(batch_size=BATCH):
-        n += len(batch["input_ids"])
-    return n
+    cfg = DataSection(source=source, resolution=RESOLUTION, crop=CROP, flip=True, preprocess_batch_size=BATCH)
+    return build_dataset(cfg, base).iter_torch_batches(batch_size=BATCH)
 
 
 def _start_ray(cpus: int, temp_dir: str) -> None:
@@ -83,49 +92,85 @@ def cpu_seconds() -> float:
     return total
 
 
-def tput_ray(source: str, base: str, cpus: int, temp_dir: str) -> dict:
-    t0 = time.perf_counter()
-    _start_ray(cpus, temp_dir)
-    init_s = time.perf_counter() - t0
-    _ray_epoch(source, base)  # cold epoch: worker start, imports, tokenizer load
-    cold_s = time.perf_counter() - t0
-    t1, c1 = time.perf_counter(), cpu_seconds()
-    n = _ray_epoch(source, base)
-    return {"startup_s": cold_s, "init_s": init_s, "rows": n, "seconds": time.perf_counter() - t1,
-            "cpu_s": cpu_seconds() - c1}
+def timed_pass(batches) -> dict:
+    t0, c0, n, first = time.perf_counter(), cpu_seconds(), 0, None
+    for batch in batches:
+        n += len(batch["input_ids"])
+        first = first or time.perf_counter() - t0
+    return {"rows": n, "seconds": time.perf_counter() - t0, "first_batch_s": first, "cpu_s": cpu_seconds() - c0}
 
 
-def _dataloader(source: str, base: str, cpus: int, cache_dir: str):
-    import datasets
+def reference_transform(tokenizer):
+    """The reference trainer's per-batch transform: torchvision's Resize(R, BILINEAR),
+    CenterCrop(R), RandomHorizontalFlip(), ToTensor(), Normalize([0.5], [0.5]) on PIL
+    images decoded by `datasets`, written as the calls torchvision makes for PIL input."""
     import numpy as np
     import torch
-    from maskunet_platform.data.preprocess import decode_image, image_to_array, load_tokenizer, tokenize
+    from PIL import Image
 
-    files = sorted(str(p) for p in Path(source).glob("*.parquet"))
-    ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=cache_dir)
-    ds = ds.cast_column("image", datasets.Image(decode=False))  # decode with the same function
+    r = RESOLUTION
+
+    def to_pixels(img: Image.Image):
+        img = img.convert("RGB")
+        w, h = img.size
+        short, long = min(w, h), max(w, h)
+        if short != r:  # Resize(r): shorter side -> r, longer side truncated like torchvision
+            img = img.resize((r, int(r * long / short)) if w <= h else (int(r * long / short), r), Image.BILINEAR)
+        w, h = img.size
+        left, top = int(round((w - r) / 2.0)), int(round((h - r) / 2.0))  # CenterCrop(r)
+        img = img.crop((left, top, left + r, top + r))
+        if torch.rand(1) < 0.5:  # RandomHorizontalFlip()
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        t = torch.from_numpy(np.array(img, np.uint8, copy=True)).view(r, r, 3)  # ToTensor()
+        t = t.permute(2, 0, 1).contiguous().to(torch.float32).div(255)
+        return t.clone().sub_(0.5).div_(0.5)  # Normalize([0.5], [0.5]) (not in place)
+
+    def transform(batch):
+        ids = tokenizer(batch["text"], max_length=tokenizer.model_max_length, padding="max_length",
+                        truncation=True, return_tensors="pt").input_ids
+        return {"pixel_values": [to_pixels(im) for im in batch["image"]], "input_ids": list(ids)}
+
+    return transform
+
+
+def platform_transform(tokenizer):
+    """The same per-row functions the Ray pipeline runs (the control)."""
+    import numpy as np
+    import torch
+    from maskunet_platform.data.preprocess import decode_image, image_to_array, tokenize
 
     def transform(batch):
         rng = np.random.default_rng()
-        pixels = [torch.from_numpy(image_to_array(decode_image(im["bytes"], RESOLUTION)[0], RESOLUTION,
-                                                  "random", True, rng)) for im in batch["image"]]
-        ids = tokenize(batch["text"], load_tokenizer(base))
-        return {"pixel_values": pixels, "input_ids": list(torch.from_numpy(ids))}
+        pixels = [torch.from_numpy(image_to_array(decode_image(im["bytes"], RESOLUTION)[0], RESOLUTION, CROP,
+                                                  True, rng)) for im in batch["image"]]
+        return {"pixel_values": pixels, "input_ids": list(torch.from_numpy(tokenize(batch["text"], tokenizer)))}
 
-    ds = ds.with_transform(transform, columns=["image", "text"])
+    return transform
+
+
+def _dataloader(source: str, base: str, cpus: int, cache_dir: str, reference: bool):
+    import datasets
+    import torch
+    from maskunet_platform.data.preprocess import load_tokenizer
+
+    files = sorted(str(p) for p in Path(source).glob("*.parquet"))
+    ds = datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=cache_dir)
+    ds = ds.cast_column("image", datasets.Image(decode=reference))  # the control decodes itself
+    make = reference_transform if reference else platform_transform
+    ds = ds.with_transform(make(load_tokenizer(base)), columns=["image", "text"])
     return torch.utils.data.DataLoader(ds, batch_size=BATCH, num_workers=cpus, persistent_workers=True)
 
 
-def tput_dataloader(source: str, base: str, cpus: int, cache_dir: str) -> dict:
+def tput(mode: str, source: str, base: str, cpus: int, scratch: str) -> dict:
     t0 = time.perf_counter()
-    loader = _dataloader(source, base, cpus, cache_dir)
-    for _ in loader:  # cold epoch: HF parquet -> arrow cache, worker fork, tokenizer load
-        pass
-    cold_s = time.perf_counter() - t0
-    t1, c1, n = time.perf_counter(), cpu_seconds(), 0
-    for batch in loader:
-        n += len(batch["input_ids"])
-    return {"startup_s": cold_s, "rows": n, "seconds": time.perf_counter() - t1, "cpu_s": cpu_seconds() - c1}
+    if mode == "ray":
+        _start_ray(cpus, scratch)
+        passes = lambda: _ray_batches(source, base)  # noqa: E731 - a new execution per epoch, like training
+    else:
+        loader = _dataloader(source, base, cpus, scratch, reference=mode == "ref")
+        passes = lambda: loader  # noqa: E731
+    timed_pass(passes())  # cold: Ray start / HF arrow conversion, worker start, imports, tokenizer
+    return {"startup_s": time.perf_counter() - t0, **timed_pass(passes())}
 
 
 def _rss_sampler(peak: dict, done: threading.Event) -> None:
@@ -152,24 +197,20 @@ def rss_ray(source: str, base: str, cpus: int, temp_dir: str, warmup: str) -> di
     sampler = threading.Thread(target=_rss_sampler, args=(peak, done), daemon=True)
     sampler.start()
     _start_ray(cpus, temp_dir)
-    _ray_epoch(warmup, base)  # warm-up: every worker started and imported
+    timed_pass(_ray_batches(warmup, base))  # warm-up: every worker started and imported
     peak["reset"] = True
     time.sleep(0.3)
-    t0 = time.perf_counter()
-    n = _ray_epoch(source, base)
-    seconds = time.perf_counter() - t0
+    stream = timed_pass(_ray_batches(source, base))
     done.set()
     sampler.join()
-    return {"rows": n, "seconds": seconds, **peak}
+    return {"rows": stream["rows"], "seconds": stream["seconds"], **peak}
 
 
 def child(argv: list[str]) -> dict:
     mode, source, base, cpus, scratch, extra = argv[0], argv[1], argv[2], int(argv[3]), argv[4], argv[5]
-    if mode == "dl":
-        return tput_dataloader(source, base, cpus, scratch)
-    if mode == "ray":
-        return tput_ray(source, base, cpus, scratch)
-    return rss_ray(source, base, cpus, scratch, extra)
+    if mode == "rss":
+        return rss_ray(source, base, cpus, scratch, extra)
+    return tput(mode, source, base, cpus, scratch)
 
 
 def run_child(mode: str, source: str, base: str, cpus: int, scratch: Path, extra: str = "-") -> dict:
@@ -180,29 +221,28 @@ def run_child(mode: str, source: str, base: str, cpus: int, scratch: Path, extra
     return json.loads(out.strip().splitlines()[-1])
 
 
-def throughput(one: str, base: str, cpus: int, root: Path, repeats: int) -> None:
-    runs: dict[str, list[dict]] = {"dl": [], "ray": []}
+NAMES = {"ray": "Ray Data (build_dataset)", "ref": "reference: DataLoader + HF datasets + torchvision ops",
+         "dl": "control: DataLoader + HF datasets + platform fns"}
+
+
+def throughput(source: str, base: str, cpus: int, root: Path, repeats: int) -> None:
+    runs: dict[str, list[dict]] = {m: [] for m in NAMES}
     for i in range(repeats):
-        for mode in ("dl", "ray") if i % 2 == 0 else ("ray", "dl"):
-            runs[mode].append(run_child(mode, one, base, cpus, root / f"scratch-{mode}"))
-    names = {"dl": "torch DataLoader + HF datasets", "ray": "Ray Data (build_dataset)"}
-    rate = {}
+        for mode in list(NAMES)[i % 3:] + list(NAMES)[:i % 3]:
+            runs[mode].append(run_child(mode, source, base, cpus, root / f"scratch-{mode}"))
+    rate, eff = {}, {}
     for mode, rs in runs.items():
         rates = [r["rows"] / r["seconds"] for r in rs]
         rate[mode] = statistics.median(rates)
-        extra = "".join(f", ray.init {r['init_s']:.1f}" for r in rs[:1] if "init_s" in r)
-        startup = ", ".join(f"{r['startup_s']:.1f}" for r in rs)
-        print(f"{names[mode]:<31} {rs[0]['rows']} images/epoch, warm epochs: "
-              f"{', '.join(f'{x:.1f}' for x in rates)} images/s (median {rate[mode]:.1f}); "
-              f"start-up (process start to end of cold epoch): "
-              f"{startup} s{extra}")
-    print(f"throughput ratio Ray/DataLoader (median warm): {rate['ray'] / rate['dl']:.2f} (target >= 1.0)")
-    # Wall-clock rates swing with background load; CPU cost per image (all processes of
-    # each side) barely does, so it says which pipeline would win on quiet cores.
-    eff = {m: statistics.median(r["rows"] / r["cpu_s"] for r in rs) for m, rs in runs.items()}
-    print(f"CPU efficiency (warm, images per CPU-second, all processes): DataLoader {eff['dl']:.1f}, "
-          f"Ray {eff['ray']:.1f}, ratio Ray/DataLoader {eff['ray'] / eff['dl']:.2f}; on {cpus} idle cores that is "
-          f"<= {eff['dl'] * cpus:.0f} vs <= {eff['ray'] * cpus:.0f} images/s")
+        eff[mode] = statistics.median(r["rows"] / r["cpu_s"] for r in rs)
+        seq = lambda key, fmt: ", ".join(format(r[key], fmt) for r in rs)  # noqa: E731
+        print(f"{NAMES[mode]:<54} {rs[0]['rows']} images/epoch; warm: {', '.join(f'{x:.1f}' for x in rates)} "
+              f"images/s (median {rate[mode]:.1f}), {eff[mode]:.1f} images per CPU-second, first batch after "
+              f"{seq('first_batch_s', '.2f')} s; start-up (process start to end of cold epoch): "
+              f"{seq('startup_s', '.1f')} s")
+    print(f"throughput ratio Ray / reference pipeline: {rate['ray'] / rate['ref']:.2f} (target >= 1.0)")
+    print(f"throughput ratio Ray / control (identical per-image work, pipeline overhead only): "
+          f"{rate['ray'] / rate['dl']:.2f}; CPU efficiency ratio Ray / control {eff['ray'] / eff['dl']:.2f}")
 
 
 def memory(one: str, many: str, base: str, cpus: int, root: Path, copies: int) -> None:
@@ -227,8 +267,9 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=512)
     p.add_argument("--image-size", type=int, default=640, help="smallest source image side")
     p.add_argument("--cpus", type=int, default=os.cpu_count())
-    p.add_argument("--copies", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=2, help="throughput rounds per side")
+    p.add_argument("--copies", type=int, default=10, help="the memory test streams x1 and x<copies> rows")
+    p.add_argument("--tput-copies", type=int, default=4, help="the throughput test streams x<tput-copies> rows")
+    p.add_argument("--repeats", type=int, default=2, help="throughput rounds per pipeline")
     p.add_argument("--base", default=None)
     p.add_argument("--skip-memory", action="store_true")
     args = p.parse_args()
@@ -237,11 +278,13 @@ def main() -> None:
         from maskunet.tiny import ensure_tiny_base
 
         base = args.base or str(ensure_tiny_base(root / "base"))
-        one, many = make_data(root, args.rows, args.image_size, args.copies)
+        one = make_data(root, args.rows, args.image_size)
+        many = link_copies(one, root / f"x{args.copies}", args.copies)
+        stream = link_copies(one, root / "tput", args.tput_copies)
         print(f"data: {args.rows} rows (x1), {args.rows * args.copies} rows (x{args.copies}), 4 shards per x1, "
               f"source images {args.image_size}-{int(args.image_size * 1.5)} px (half JPEG, half PNG), "
               f"output {RESOLUTION}^2, batch {BATCH}, cpus={args.cpus}, load avg {os.getloadavg()[0]:.1f}")
-        throughput(one, base, args.cpus, root, args.repeats)
+        throughput(stream, base, args.cpus, root, args.repeats)
         if not args.skip_memory:
             memory(one, many, base, args.cpus, root, args.copies)
         print(f"load avg at end: {os.getloadavg()[0]:.1f}")

@@ -96,24 +96,27 @@ class ParquetFragments(Datasource):
     def __init__(self, files: list[str], filesystem: pafs.FileSystem, schema: pa.Schema,
                  columns: list[str], rows_per_block: int = 32, min_tasks: int = 1):
         super().__init__()
-        self.min_tasks = min_tasks
         self.filesystem = filesystem
         self.columns = list(columns)
         self.schema = pa.schema([schema.field(c) for c in self.columns])
         self.rows_per_block = rows_per_block
-        self.fragments = plan_fragments(files, filesystem, self.columns)
+        self.fragments = split_fragments(plan_fragments(files, filesystem, self.columns), min_tasks, rows_per_block)
 
     def get_name(self) -> str:
         return "ParquetFragments"
 
-    def estimate_inmemory_data_size(self) -> int:
-        return sum(f.size_bytes for f in self.fragments)
+    def estimate_inmemory_data_size(self) -> None:
+        # Unknown on purpose: every task already streams blocks of `rows_per_block` rows,
+        # and a size estimate only makes Ray split the read's output blocks further,
+        # which stops it from fusing the read with preprocessing (raw bytes would then
+        # round-trip through the object store and the two stages compete for CPUs).
+        return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
         fs, columns, rows = self.filesystem, self.columns, self.rows_per_block
         tasks = []
-        for frag in split_fragments(self.fragments, self.min_tasks, rows):
+        for frag in self.fragments:
             meta = BlockMetadata(num_rows=frag.num_rows, size_bytes=frag.size_bytes,
                                  input_files=[frag.path], exec_stats=None)
             tasks.append(ReadTask(

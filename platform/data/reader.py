@@ -96,4 +96,6 @@ def read_columns(info: SourceInfo, columns: list[str], parallelism: int | None =
     cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
     min_tasks = 2 * (parallelism or cpus)  # enough tasks to keep every CPU busy and balanced
     source = ParquetFragments(info.files, info.source.filesystem, info.schema, columns, rows_per_block, min_tasks)
-    return ray.data.read_datasource(source, concurrency=parallelism)
+    # Exactly one block stream per planned task: a larger block count would make Ray split
+    # each task's output, which stops it from fusing the read with preprocessing.
+    return ray.data.read_datasource(source, concurrency=parallelism, override_num_blocks=len(source.fragments))

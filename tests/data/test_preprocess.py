@@ -73,3 +73,13 @@ def test_random_crop_and_flip_are_seeded_and_deterministic(ray_local, tiny_base,
     np.testing.assert_array_equal(a, b)  # same seed, deterministic: identical batches
     assert not np.array_equal(a, wide(1))  # the seed changes crops/flips
     release_counter("t-aug")
+
+
+def test_read_is_fused_with_preprocessing(ray_local, tiny_base, sample_dir):
+    # Unfused, raw image bytes would round-trip through the object store and the read
+    # and preprocess tasks would compete for the same CPUs (Ray splits a read's output,
+    # which blocks fusion, when it plans more blocks than there are read tasks).
+    ds = build_dataset(DataSection(source=sample_dir), tiny_base, counter_name="t-fused")
+    assert sum(len(b["input_ids"]) for b in ds.iter_batches(batch_size=8)) == 24
+    assert "ReadParquetFragments->MapBatches(preprocess_blocks)" in ds.stats()
+    release_counter("t-fused")
