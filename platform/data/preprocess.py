@@ -133,8 +133,8 @@ def image_to_array(img: Image.Image, resolution: int, crop: str, flip: bool,
     Crop first, then resize only the kept square (the same picture as resizing the whole
     image, without computing pixels that are thrown away). The resize is torch's
     antialiased bilinear on uint8: within 2 grey levels of PIL's BILINEAR (mean difference
-    ~0.01) at about half its cost. The flip and the CHW layout are views, and the one
-    float pass writes straight into `out` (e.g. a row of the preallocated batch).
+    ~0.01) at about half its cost. The CHW layout is a view of the uint8 pixels, and the
+    float result is written straight into `out` (e.g. a row of the preallocated batch).
     """
     x0, y0, side = crop_window(img.size, crop, rng)
     with warnings.catch_warnings():  # PIL's buffer is read-only; nothing here writes to it
