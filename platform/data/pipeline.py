@@ -79,11 +79,14 @@ def open_source(cfg: DataSection) -> SourceInfo:
     return inspect_source(cfg.source, cfg.image_column, cfg.caption_column, aesthetic, cfg.s3_endpoint_url)
 
 
-def _split_encoded(batch: dict[str, np.ndarray], split: str, fraction: float) -> dict[str, np.ndarray]:
-    keep = [in_split(int.from_bytes(hashlib.blake2b(np.ascontiguousarray(lat).tobytes(), digest_size=8)
-                                    .digest(), "little"), split, fraction)
-            for lat in batch["latents"]]
-    return {k: v[np.asarray(keep, dtype=bool)] for k, v in batch.items()}
+def _latent_hash(latent: np.ndarray) -> int:
+    return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(latent).tobytes(), digest_size=8).digest(), "little")
+
+
+def _split_encoded(batch: dict[str, np.ndarray], split: str, fraction: float):
+    keep = np.asarray([in_split(_latent_hash(lat), split, fraction) for lat in batch["latents"]], dtype=bool)
+    if keep.any():  # an empty batch would be stored as pickled objects
+        yield {k: v[keep] for k, v in batch.items()}
 
 
 def build_dataset(cfg: DataSection, base: str, *, split: str = "all", counter_name: str = DEFAULT_COUNTER,

@@ -227,10 +227,13 @@ def preprocess_blocks(table: pa.Table, spec: PreprocessSpec, counter=None):
     """map_batches generator: any number of rows in -> one output per `spec.batch_size` rows.
 
     The read is fused into this stage and hands it whatever it read (up to Ray's target
-    block size); slicing here keeps every output block one training-sized batch.
+    block size); slicing here keeps every output block one training-sized batch. Batches
+    left with no rows (all dropped, or all in the other split) yield nothing.
     """
     for start in range(0, table.num_rows, spec.batch_size):
-        yield preprocess_batch(table.slice(start, spec.batch_size), spec, counter)
+        out = preprocess_batch(table.slice(start, spec.batch_size), spec, counter)
+        if len(out["input_ids"]):  # Ray stores an empty tensor column as pickled objects
+            yield out
 
 
 def _report(counter, rows_in: int, rows_out: int, dropped: Counter) -> None:

@@ -1,10 +1,13 @@
 """Preprocessing through a real local Ray: bad rows, colour modes, filters, determinism."""
 import logging
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from maskunet_platform.config.data import DataSection
-from maskunet_platform.data.pipeline import build_dataset
+from maskunet_platform.data.pipeline import build_dataset, preprocess_spec
+from maskunet_platform.data.preprocess import preprocess_blocks
 from maskunet_platform.data.stats import drop_metrics, log_drop_counts, read_drop_counts, release_counter
 from tests.data.badrows import bad_row_cases
 
@@ -83,3 +86,14 @@ def test_read_is_fused_with_preprocessing(ray_local, tiny_base, sample_dir):
     assert sum(len(b["input_ids"]) for b in ds.iter_batches(batch_size=8)) == 24
     assert "ReadParquetFragments->MapBatches(preprocess_blocks)" in ds.stats()
     release_counter("t-fused")
+
+
+
+def test_batches_left_empty_by_the_split_yield_no_block(tiny_base, sample_dir):
+    # Ray would store an empty batch as a block of pickled objects, not tensor columns.
+    table = pq.read_table(sorted(Path(sample_dir).glob("*.parquet"))[0])
+    spec = preprocess_spec(DataSection(source=sample_dir, holdout_fraction=0.1, preprocess_batch_size=1),
+                           tiny_base, split="holdout")
+    outs = list(preprocess_blocks(table, spec))
+    assert 0 < len(outs) < table.num_rows  # most one-row batches hold nothing of the split
+    assert all(len(o["input_ids"]) == len(o["pixel_values"]) == 1 for o in outs)

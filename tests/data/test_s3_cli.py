@@ -78,3 +78,12 @@ def test_cli_inspect_and_encode(s3, ray_local, tiny_base, sample_dir, bad_rows_f
         want = vae.encode(raw["pixel_values"]).latent_dist.mean * vae.config.scaling_factor
     dist = torch.cdist(batch["latents"].flatten(1), want.flatten(1))
     assert dist.min(dim=1).values.max() < 1e-3
+    # The held-out split of an encoded source: disjoint, complete, only non-empty blocks.
+    def split_rows(split):
+        cfg = DataSection(source="s3://latents/run1", holdout_fraction=0.3, preprocess_batch_size=2)
+        blocks = list(build_dataset(cfg, tiny_base, split=split).iter_batches(batch_size=None))
+        assert all(len(b["latents"]) for b in blocks)
+        return {b.tobytes() for blk in blocks for b in blk["latents"]}
+
+    train, holdout = split_rows("train"), split_rows("holdout")
+    assert train and holdout and not train & holdout and len(train | holdout) == 24
