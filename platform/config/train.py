@@ -29,7 +29,7 @@ class DeepSpeedSection(Section):
 
 class EvalSection(Section):
     # Paired held-out evaluation: same images, noise and timesteps for base and masked.
-    rows: int = Field(32, ge=1, description="held-out rows (taken from the end of the data)")
+    rows: int = Field(32, ge=1, description="rows of the held-out split (data.holdout_fraction) evaluated")
     batch_size: int = Field(8, ge=1)
     seed: int = 1234
     timestep_buckets: int = Field(4, ge=1)
@@ -71,8 +71,6 @@ class TrainSection(Section):
     run_name: Optional[str] = Field(None, description="default: job name")
     # Local folder the final consolidated mask generator is exported to (<export_dir>/<run name>/generator).
     export_dir: str = "~/.cache/maskunet/exports"
-    # Batches come as raw images (encoded on the worker) or precomputed latents.
-    input: Literal["auto", "raw", "latents"] = "auto"
     compile: bool = False  # torch.compile the U-Net (GPU runs)
     gradient_checkpointing: bool = False
     eval: EvalSection = Field(default_factory=EvalSection)

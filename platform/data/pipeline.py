@@ -32,7 +32,7 @@ from maskunet_platform.data.stats import DEFAULT_COUNTER, drop_counter
 SPLITS = ("all", "train", "holdout")
 
 
-def resolve_base(base: str) -> str:
+def tokenizer_source(base: str) -> str:
     """A local base folder (expanded) or a hub id; must be readable by every worker."""
     if base.startswith("s3://"):
         raise ValueError(f"base {base!r}: download an s3 base to a local/shared folder before building data")
@@ -55,7 +55,7 @@ def execution_options(cfg: DataSection) -> ExecutionOptions:
 
 def preprocess_spec(cfg: DataSection, base: str, split: str = "all", passthrough=()) -> PreprocessSpec:
     return PreprocessSpec(
-        tokenizer_dir=resolve_base(base), resolution=cfg.resolution, crop=cfg.crop, flip=cfg.flip,
+        tokenizer_dir=tokenizer_source(base), resolution=cfg.resolution, crop=cfg.crop, flip=cfg.flip,
         seed=cfg.seed, deterministic=cfg.deterministic, image_column=cfg.image_column,
         caption_column=cfg.caption_column, aesthetic_column=cfg.aesthetic_column,
         min_side=cfg.min_side, min_aesthetic=cfg.min_aesthetic, split=split,

@@ -9,8 +9,7 @@ import torch
 
 from maskunet_platform.config.model import ModelSection
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-          "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # train.precision
 BASE_CACHE = Path("~/.cache/maskunet/bases").expanduser()
 
 
@@ -56,6 +55,20 @@ def _download_s3_folder(uri: str) -> Path:
             raise FileNotFoundError(f"model.base {uri!r} holds no diffusers pipeline (no model_index.json)")
         partial.rename(target)
     return target
+
+
+def batch_inputs(base: FrozenBase, batch: dict[str, torch.Tensor], device, dtype,
+                 vae_generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latents, text-encoder states) in `dtype` on `device`: precomputed, or encoded from
+    raw images + token ids by the frozen VAE and text encoder."""
+    if "latents" in batch:
+        return batch["latents"].to(device, dtype), batch["encoder_hidden_states"].to(device, dtype)
+    if "pixel_values" not in batch or "input_ids" not in batch:
+        raise KeyError(f"a batch needs latents+encoder_hidden_states or pixel_values+input_ids, got {sorted(batch)}")
+    from maskunet.training import encode_images, encode_prompts
+
+    latents = encode_images(base.vae, batch["pixel_values"].to(device, base.vae.dtype), generator=vae_generator)
+    return latents.to(dtype), encode_prompts(base.text_encoder, batch["input_ids"].to(device)).to(dtype)
 
 
 def load_frozen_base(model: ModelSection, device: torch.device | str = "cpu",

@@ -109,10 +109,10 @@ def restore_training_checkpoint(engine: Engine, generator: MaskGenerator, ckpt_d
 
 
 def _load_generator_weights(generator: MaskGenerator, folder: Path) -> None:
-    loaded = MaskGenerator.from_pretrained(str(folder))
+    loaded = dict(MaskGenerator.from_pretrained(str(folder)).named_parameters())
     with torch.no_grad():
         for name, param in generator.named_parameters():
-            param.copy_(dict(loaded.named_parameters())[name].to(param.dtype))
+            param.copy_(loaded[name].to(param.dtype))
 
 
 def _tag(step: int) -> str:

@@ -25,25 +25,19 @@ def run_eval_command(job: JobConfig, masks: str, data_uri: Optional[str], addres
 
 
 def _log_eval_run(job: JobConfig, metrics: dict, masks: str, data_uri: str) -> str:
-    import time
-
     from mlflow import MlflowClient
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
 
-    from maskunet_platform.train.tracking import artifact_location, tracking_uri
+    from maskunet_platform.train.tracking import experiment_id, log_metrics, tracking_uri
 
     uri = tracking_uri(job.tracking)
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(job.tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
-        job.tracking.experiment, artifact_location=artifact_location(job.tracking, uri))
-    run = client.create_run(experiment_id, run_name=f"eval-{Path(masks).name}",
+    run = client.create_run(experiment_id(client, job.tracking, uri), run_name=f"eval-{Path(masks).name}",
                             tags={"maskunet.kind": "eval", "maskunet.base_model": job.model.base,
                                   "maskunet.data_source": data_uri})
-    now = int(time.time() * 1000)
     params = {"masks": masks, "base": job.model.base, "data": data_uri, "eval.rows": str(job.train.eval.rows),
               "eval.seed": str(job.train.eval.seed), "eval.timestep_buckets": str(job.train.eval.timestep_buckets)}
-    client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-                     params=[Param(k, v) for k, v in params.items()])
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    log_metrics(client, run.info.run_id, metrics, 0)
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id

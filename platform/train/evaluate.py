@@ -9,8 +9,8 @@ from typing import Iterable
 import torch
 
 from maskunet import MaskedUNet, MaskGenerator
-from maskunet.training import diffusion_loss, encode_images, encode_prompts
-from maskunet_platform.train.base import FrozenBase
+from maskunet.training import diffusion_loss
+from maskunet_platform.train.base import FrozenBase, batch_inputs
 from maskunet_platform.train.metrics import bucket_names
 
 
@@ -53,7 +53,7 @@ def paired_eval(base: FrozenBase, generator: MaskGenerator, batches: Iterable[di
     rng, seen = torch.Generator().manual_seed(seed), 0
     try:
         for batch in batches:
-            latents, states = _inputs(base, batch, rng)
+            latents, states = batch_inputs(base, batch, base.unet.device, base.unet.dtype, _vae_rng(base, batch, rng))
             take = min(latents.shape[0], rows - seen)
             latents, states = latents[:take], states[:take]
             noise = torch.randn(latents.shape, generator=rng).to(latents)
@@ -77,14 +77,11 @@ def paired_eval(base: FrozenBase, generator: MaskGenerator, batches: Iterable[di
     return _summarise(names, sums, counts, drop_sums, seen)
 
 
-def _inputs(base: FrozenBase, batch: dict, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    device, dtype = base.unet.device, base.unet.dtype
+def _vae_rng(base: FrozenBase, batch: dict, rng: torch.Generator) -> torch.Generator | None:
+    """A seeded generator for sampling the VAE posterior of raw images (none for latents)."""
     if "latents" in batch:
-        return batch["latents"].to(device, dtype), batch["encoder_hidden_states"].to(device, dtype)
-    pixels = batch["pixel_values"].to(device, base.vae.dtype)
-    latents = encode_images(base.vae, pixels, generator=torch.Generator(device).manual_seed(
-        int(torch.randint(0, 2**31, (1,), generator=rng))))
-    return latents.to(dtype), encode_prompts(base.text_encoder, batch["input_ids"].to(device)).to(dtype)
+        return None
+    return torch.Generator(base.unet.device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
 
 
 def _add_layer_drops(drop_sums: dict, stats: dict, bucket: torch.Tensor, buckets: int) -> None:

@@ -10,6 +10,7 @@ import torch
 from maskunet import MaskGenerator
 from maskunet_platform.config import JobConfig
 from maskunet_platform.train.base import load_frozen_base
+from maskunet_platform.train.tracking import log_metrics
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +64,12 @@ def finalize_run(job: JobConfig, outcome, target, base_location: str, job_yaml: 
                                    s.num_inference_steps, s.guidance_scale, s.seed, s.resolution or job.data.resolution)
             client.log_artifact(target.run_id, str(grid))
         outcome.timings["artifacts"] = time.perf_counter() - started - outcome.timings["eval"]
-        _log_metrics(client, target.run_id, outcome.eval, int(outcome.metrics.get("step", 0)))
+        log_metrics(client, target.run_id, outcome.eval, int(outcome.metrics.get("step", 0)))
         if job.tracking.register_model:
             outcome.model_version = _register(job, outcome, target, base_location, tmp)
     outcome.timings["total_finalize"] = time.perf_counter() - started
     client.set_terminated(target.run_id, "FINISHED")
     outcome.artifact_uri = client.get_run(target.run_id).info.artifact_uri
-
-
-def _log_metrics(client, run_id: str, metrics: dict, step: int) -> None:
-
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
 
 def _register(job: JobConfig, outcome, target, base_location: str, work_dir: Path) -> str:

@@ -9,10 +9,10 @@ import ray.train
 import torch
 
 from maskunet import MaskedUNet, MaskGenerator, sparsity_penalty
-from maskunet.training import diffusion_loss, encode_images, encode_prompts, sample_timesteps
+from maskunet.training import diffusion_loss, sample_timesteps
 from maskunet_platform.config import JobConfig
 from maskunet_platform.data.stats import drop_metrics
-from maskunet_platform.train.base import DTYPES, FrozenBase, load_frozen_base
+from maskunet_platform.train.base import DTYPES, FrozenBase, batch_inputs, load_frozen_base
 from maskunet_platform.train.checkpoint import restore_training_checkpoint, save_training_checkpoint
 from maskunet_platform.train.engine import Engine, build_engine, configure_worker_env
 from maskunet_platform.train.recovery import checkpoint_dir_name, checkpoint_to_resume, mark_complete
@@ -44,7 +44,7 @@ class Worker:
 
 def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One micro-batch: diffusion loss of the masked U-Net + sparsity penalty, backward, step."""
-    latents, text_states = model_inputs(w, batch)
+    latents, text_states = batch_inputs(w.base, batch, w.masked.device, w.masked.dtype)
     noise = torch.randn(latents.shape, generator=w.rng).to(latents)
     timesteps = sample_timesteps(w.base.noise_scheduler, latents.shape[0], latents.device, w.rng)
     per_sample = diffusion_loss(w.engine.forward_module, w.base.noise_scheduler, latents, text_states,
@@ -54,19 +54,6 @@ def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     w.engine.backward(loss)
     stepped = w.engine.step()
     return per_sample.detach(), timesteps, stepped
-
-
-def model_inputs(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents, text encoder states): precomputed, or encoded here from raw images + token ids."""
-    dtype, device = w.masked.dtype, w.masked.device
-    if "latents" in batch:
-        return batch["latents"].to(device, dtype), batch["encoder_hidden_states"].to(device, dtype)
-    if "pixel_values" not in batch or "input_ids" not in batch:
-        raise KeyError(f"training batch needs latents+encoder_hidden_states or pixel_values+input_ids, "
-                       f"got {sorted(batch)}")
-    latents = encode_images(w.base.vae, batch["pixel_values"].to(device, w.base.vae.dtype), generator=None)
-    text_states = encode_prompts(w.base.text_encoder, batch["input_ids"].to(device))
-    return latents.to(dtype), text_states.to(dtype)
 
 
 def batches(job: JobConfig) -> Iterator[dict[str, torch.Tensor]]:

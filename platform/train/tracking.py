@@ -1,6 +1,7 @@
 """MLflow: where runs go, params (flattened config, never secrets), metrics, artifacts."""
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -60,32 +61,43 @@ def flatten_params(job: JobConfig) -> dict[str, str]:
     return flat
 
 
+def experiment_id(client, section: TrackingSection, uri: str) -> str:
+    """The id of `section.experiment`, created (with its artifact location) when missing."""
+    experiment = client.get_experiment_by_name(section.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(section.experiment, artifact_location=artifact_location(section, uri))
+
+
+def log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """One batch of metrics at `step`, timestamped now (a "step" entry is the x-axis, not a metric)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if k != "step"])
+
+
 def start_or_resume_run(job: JobConfig, run_name: str) -> TrackingTarget:
     """The unfinished MLflow run of this Ray run name (a resume), else a new run."""
     from mlflow import MlflowClient
 
     uri = tracking_uri(job.tracking)
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(job.tracking.experiment)
-    if experiment is None:
-        experiment_id = client.create_experiment(job.tracking.experiment,
-                                                 artifact_location=artifact_location(job.tracking, uri))
-    else:
-        experiment_id = experiment.experiment_id
-    found = client.search_runs([experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}' and attributes.status != 'FINISHED'",
+    experiment = experiment_id(client, job.tracking, uri)
+    found = client.search_runs([experiment], f"tags.`{RUN_NAME_TAG}` = '{run_name}' and attributes.status != 'FINISHED'",
                                max_results=1, order_by=["attributes.start_time DESC"])
     if found:
-        return TrackingTarget(uri, found[0].info.run_id, experiment_id)
+        return TrackingTarget(uri, found[0].info.run_id, experiment)
     tags = {RUN_NAME_TAG: run_name, "maskunet.base_model": job.model.base,
             "maskunet.data_source": job.data.source, **job.tracking.tags}
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run = client.create_run(experiment, run_name=run_name, tags=tags)
     params = flatten_params(job)
     from mlflow.entities import Param
 
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[i:i + 100])
-    return TrackingTarget(uri, run.info.run_id, experiment_id)
+    return TrackingTarget(uri, run.info.run_id, experiment)
 
 
 class WorkerTracker:
@@ -100,15 +112,8 @@ class WorkerTracker:
             self.run_id = target["run_id"]
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if not self.enabled:
-            return
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if k != "step"]
-        self.client.log_batch(self.run_id, metrics=batch)
+        if self.enabled:
+            log_metrics(self.client, self.run_id, metrics, step)
 
     def close(self) -> None:
         self.enabled = False
