@@ -50,7 +50,8 @@ class LayerAdapter(nn.Module):
             expanded = (self.a_out @ code) @ self.a_in.T
         else:
             expanded = self.a_out @ (code @ self.a_in.T)
-        return expanded + self.b_out[:, None] + self.b_in[None, :]
+        # In place: matmul saves its inputs, not its output, so no full-size temporaries here.
+        return expanded.add_(self.b_out[:, None]).add_(self.b_in[None, :])
 
 
 class BlockCodeGenerator(nn.Module):
@@ -157,9 +158,18 @@ class MaskGenerator(ModelMixin, ConfigMixin):
                 f"{[b['index'] for b in expected]}, the U-Net has masked layers in {[b['index'] for b in actual]}"
             )
 
+    def block_code(self, block_index: int, hidden: torch.Tensor, skip: torch.Tensor,
+                   temb: torch.Tensor) -> torch.Tensor:
+        """The low-resolution mask code (B, O', I') of one up-block."""
+        return self.codes[str(block_index)](hidden, skip, temb)
+
+    def layer_logits(self, layer_name: str, code: torch.Tensor) -> torch.Tensor:
+        """Mask logits (B, out, fan_in) of one masked layer from its block's code."""
+        return self.adapters[_module_key(layer_name)](code)
+
     def block_logits(
         self, block_index: int, hidden: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """Mask logits (B, out, fan_in) for every masked layer of one up-block."""
-        code = self.codes[str(block_index)](hidden, skip, temb)
-        return {name: self.adapters[_module_key(name)](code) for name in self.layer_names(block_index)}
+        code = self.block_code(block_index, hidden, skip, temb)
+        return {name: self.layer_logits(name, code) for name in self.layer_names(block_index)}

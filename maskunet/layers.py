@@ -2,14 +2,15 @@
 
 Masked layers are the U-Net's own `nn.Linear`/`nn.Conv2d` modules with their class
 swapped in place (same parameters, same state-dict keys, still `isinstance` of the
-original class). Each computes its output once, with `W * m_b` for sample b: nothing is
-registered per call and no unmasked duplicate runs.
+original class). Each computes its output once, with `W * m_b` for sample b (see
+masked_ops): nothing is registered per call and no unmasked duplicate runs.
 """
 import re
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from maskunet.masked_ops import LayerMask, masked_forward
 
 _ATTN_PROJ = r"up_blocks\.\d+\.attentions\.\d+\.transformer_blocks\.\d+\.attn\d+\.(to_q|to_k|to_v|to_out\.0)"
 
@@ -46,46 +47,32 @@ def select_layers(unet: nn.Module, selection: str = "attn") -> dict[int, list[tu
 
 
 def weight_matrix_shape(module: nn.Module) -> tuple[int, int]:
-    """(out, fan_in) of the weight viewed as a matrix: conv kernels flatten to in*kh*kw."""
-    w = module.weight
-    return w.shape[0], w[0].numel()
+    """(out, fan_in) of the mask: linear weights entry by entry; convolutions per kernel.
+
+    A conv mask keeps or drops a whole k x k kernel (out x in/groups entries, broadcast over
+    the window): per-entry conv masks need adapters over in*k*k columns, which made the SD1.5
+    `attn+conv` generator 296.5M parameters; per kernel it is 136.5M (the paper: 81.69M).
+    """
+    return module.weight.shape[0], module.weight.shape[1]
 
 
 class MaskedLayerMixin:
-    """Adds a per-sample mask to a Linear/Conv2d. `mask` is (B, out, fan_in) or None."""
+    """Adds a per-sample mask to a Linear/Conv2d. `mask` is a LayerMask or None (plain layer)."""
 
-    mask: torch.Tensor | None = None
+    mask: LayerMask | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mask is None:
             return super().forward(x)
-        weights = self.weight.unsqueeze(0) * self.mask.to(self.weight.dtype).view(-1, *self.weight.shape)
-        return self._masked_forward(x, weights)
+        return masked_forward(self, x, self.mask)
 
 
 class MaskedLinear(MaskedLayerMixin, nn.Linear):
-    def _masked_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        batch = weights.shape[0]
-        flat = x.reshape(batch, -1, x.shape[-1])
-        # bmm/baddbmm follow autocast like F.linear does.
-        if self.bias is None:
-            out = torch.bmm(flat, weights.transpose(1, 2))
-        else:
-            out = torch.baddbmm(self.bias, flat, weights.transpose(1, 2))
-        return out.reshape(*x.shape[:-1], weights.shape[1])
+    pass
 
 
 class MaskedConv2d(MaskedLayerMixin, nn.Conv2d):
-    def _masked_forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        # Per-sample kernels as one grouped convolution: sample b is group b.
-        batch = weights.shape[0]
-        grouped = x.reshape(1, batch * x.shape[1], *x.shape[2:])
-        kernels = weights.reshape(batch * weights.shape[1], *weights.shape[2:])
-        bias = None if self.bias is None else self.bias.repeat(batch)
-        if self.padding_mode != "zeros":
-            raise NotImplementedError("masked convolutions support zero padding only")
-        out = F.conv2d(grouped, kernels, bias, self.stride, self.padding, self.dilation, self.groups * batch)
-        return out.reshape(batch, -1, *out.shape[2:])
+    pass
 
 
 _MASKED_CLASS = {nn.Linear: MaskedLinear, nn.Conv2d: MaskedConv2d}

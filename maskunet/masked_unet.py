@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from maskunet.generator import MaskGenerator
-from maskunet.gumbel import gumbel_sigmoid, keep_probability
+from maskunet.gumbel import keep_probability, keep_threshold
 from maskunet.layers import install_masked_layer, remove_masked_layer, select_layers
+from maskunet.masked_ops import LayerMask
 
 
 class MaskedUNet(nn.Module):
@@ -28,7 +29,10 @@ class MaskedUNet(nn.Module):
         # None: stochastic Gumbel masks while the generator is in train mode, thresholding in eval mode.
         self.stochastic = stochastic
         self._groups = select_layers(unet, generator.config.layers)
-        self._logits: dict[str, torch.Tensor] = {}
+        # Statistics of the last call per layer (see mask_stats); the options cost memory/compute.
+        self._stats: dict[str, dict] = {}
+        self.keep_last_masks = False  # keep each layer's bool mask (1 byte per entry) for last_masks()
+        self.track_drop_probability = False  # per-layer drop probability, differentiable: expected_sparsity()
         for layers in self._groups.values():
             for _, module in layers:
                 install_masked_layer(module)
@@ -36,6 +40,7 @@ class MaskedUNet(nn.Module):
             unet.up_blocks[index].register_forward_pre_hook(partial(self._set_block_masks, index), with_kwargs=True)
             for index in self._groups
         ]
+        self._hooks.append(unet.register_forward_hook(self._release_masks))
         unet._maskunet_attached = True
 
     # The wrapped model looks like the U-Net to pipelines and trainers.
@@ -69,57 +74,79 @@ class MaskedUNet(nn.Module):
     def _set_block_masks(self, index: int, block: nn.Module, args: tuple, kwargs: dict) -> None:
         layers = self._groups[index]
         if not self.masks_enabled:
-            for _, module in layers:
+            for name, module in layers:
                 module.mask = None
+                self._stats.pop(name, None)
             return
         hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         skips = kwargs["res_hidden_states_tuple"] if "res_hidden_states_tuple" in kwargs else args[1]
         temb = kwargs["temb"] if "temb" in kwargs else args[2]
         # diffusers' up-blocks consume skips from the end: the first resnet gets skips[-1].
-        logits = self.generator.block_logits(index, hidden, skips[-1], temb)
+        # The generator, its logits, noise and scores stay fp32 under autocast (see gumbel.py).
+        with torch.autocast(hidden.device.type, enabled=False):
+            code = self.generator.block_code(index, hidden, skips[-1], temb)
         cfg = self.generator.config
         stochastic = self.generator.training if self.stochastic is None else self.stochastic
-        for name, module in layers:
-            module.mask = gumbel_sigmoid(logits[name], cfg.tau, cfg.threshold, stochastic=stochastic)
-            self._logits[name] = logits[name]
+        z_min = keep_threshold(1.0, cfg.threshold)  # scores are already divided by tau
+        for name, module in layers:  # each layer computes its logits when it runs
+            module.mask = LayerMask(partial(self.generator.layer_logits, name, code), cfg.tau, z_min, stochastic,
+                                    partial(self._record, name, z_min))
+
+    def _record(self, name: str, z_min: float, logits: torch.Tensor, scores: torch.Tensor) -> None:
+        """Per-layer statistics of this call: small tensors only, no host sync."""
+        with torch.no_grad():
+            hard = scores > z_min
+            stats = {"kept": hard.flatten(1).sum(1), "numel": hard[0].numel()}
+            if self.keep_last_masks:
+                stats["mask"] = hard
+        if self.track_drop_probability:  # with grad when the call has grad (sparsity penalty)
+            cfg = self.generator.config
+            stats["drop_prob"] = 1.0 - keep_probability(logits, cfg.tau, cfg.threshold).flatten(1).mean(1)
+        self._stats[name] = stats
+
+    def _release_masks(self, module, args, output) -> None:
+        """After a call, masks are dropped from the layers (autograd keeps what backward needs),
+        except while gradient checkpointing may still recompute blocks from them."""
+        if not (torch.is_grad_enabled() and getattr(self.unet, "is_gradient_checkpointing", False)):
+            for _, layer in self.masked_layers():
+                layer.mask = None
 
     # ---- statistics of the last call -------------------------------------------------
     def expected_sparsity(self) -> torch.Tensor:
-        """rho: size-weighted mean drop probability over all masked entries (differentiable)."""
-        if not self._logits:
+        """rho: size-weighted mean drop probability over all masked entries (differentiable).
+
+        Needs `track_drop_probability = True` before the call (it costs a sigmoid over every
+        mask entry, and with grad 4 bytes per entry kept for backward, so it is opt-in).
+        """
+        if not self.track_drop_probability:
+            raise RuntimeError("expected_sparsity needs masked.track_drop_probability = True before the forward pass")
+        if not self._stats:
             raise RuntimeError("no masks yet: run a forward pass with masks enabled first")
-        cfg = self.generator.config
-        total, weighted = 0, 0.0
-        for logits in self._logits.values():
-            numel = logits[0].numel()
-            weighted = weighted + numel * (1.0 - keep_probability(logits.float(), cfg.tau, cfg.threshold).mean())
-            total += numel
-        return weighted / total
+        total = sum(s["numel"] for s in self._stats.values())
+        return sum(s["numel"] * s["drop_prob"].mean() for s in self._stats.values()) / total
 
     def last_masks(self) -> dict[str, torch.Tensor]:
-        """Per-sample binary masks of the last call: {layer: bool (B, *weight.shape)}."""
-        return {
-            name: (module.mask.detach() > 0.5).view(-1, *module.weight.shape)
-            for name, module in self.masked_layers()
-            if module.mask is not None
-        }
+        """Per-sample binary masks of the last call: {layer: bool (B, out, fan_in)}; needs keep_last_masks."""
+        if not self.keep_last_masks:
+            raise RuntimeError("last_masks needs masked.keep_last_masks = True before the forward pass")
+        return {name: s["mask"] for name, s in self._stats.items()}
 
     @torch.no_grad()
     def mask_stats(self, per_sample: bool = False) -> dict:
-        """{"layers": {name: {numel, drop_fraction, drop_prob}}, "rho": float} of the last call."""
-        cfg = self.generator.config
+        """{"layers": {name: {numel, drop_fraction[, drop_prob]}}, "rho": float | None} of the last call.
+
+        rho (expected drop fraction) is reported when track_drop_probability was on.
+        """
         layers = {}
-        for name, mask in self.last_masks().items():
-            drop = 1.0 - mask.flatten(1).float().mean(dim=1)
-            drop_prob = 1.0 - keep_probability(self._logits[name].float(), cfg.tau, cfg.threshold).flatten(1).mean(1)
-            layers[name] = {
-                "numel": mask[0].numel(),
-                "drop_fraction": drop.mean().item(),
-                "drop_prob": drop_prob.mean().item(),
-            }
+        for name, s in self._stats.items():
+            drop = 1.0 - s["kept"].double() / s["numel"]
+            layers[name] = {"numel": s["numel"], "drop_fraction": drop.mean().item()}
+            if "drop_prob" in s:
+                layers[name]["drop_prob"] = s["drop_prob"].mean().item()
             if per_sample:
                 layers[name]["per_sample_drop_fraction"] = drop.tolist()
-        return {"layers": layers, "rho": self.expected_sparsity().item() if layers else 0.0}
+        rho = self.expected_sparsity().item() if layers and self.track_drop_probability else None
+        return {"layers": layers, "rho": rho}
 
 
 def sparsity_penalty(rho: torch.Tensor, target: float, weight: float) -> torch.Tensor:

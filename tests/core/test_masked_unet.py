@@ -11,6 +11,7 @@ from .conftest import make_masked, make_unet, random_inputs
 def test_identity_at_init_masks_on():
     masked, base = make_masked()
     masked.eval()
+    masked.track_drop_probability = True
     x, t, c = random_inputs()
     with torch.no_grad():
         out, ref = masked(x, t, c).sample, base(x, t, c).sample
@@ -54,6 +55,7 @@ def test_masks_vary_with_timestep_and_sample_after_training(ddpm):
     g = torch.Generator().manual_seed(0)
     latents, _, text = random_inputs(batch=4, seed=1)
     masked.train()
+    masked.track_drop_probability = masked.keep_last_masks = True
     for _ in range(30):
         t = torch.randint(0, 1000, (4,), generator=g)
         loss = diffusion_loss(masked, ddpm, latents, text, torch.randn(latents.shape, generator=g), t).mean()
@@ -110,15 +112,17 @@ def test_other_layer_selections_mask_per_sample(selection, ddpm):
     names = [n for n, _ in masked.masked_layers()]
     assert any(".ff." in n for n in names) if selection == "linear" else any("conv" in n for n in names)
     masked.eval()
+    masked.keep_last_masks = True
     x, t, c = random_inputs()
     with torch.no_grad():
         torch.testing.assert_close(masked(x, t, c).sample, base(x, t, c).sample, atol=1e-5, rtol=1e-5)
     masked.train()
     diffusion_loss(masked, ddpm, x, c, torch.randn_like(x), t).mean().backward()
     assert all(p.grad is not None and p.grad.abs().gt(0).any() for p in masked.generator.parameters())
-    conv = [m for n, m in masked.masked_layers() if m.weight.dim() == 4]
-    if conv:  # per-entry masks over whole kernels, one per sample
-        assert masked.last_masks()[names[-1]].shape[0] == 3
+    conv = [(n, m) for n, m in masked.masked_layers() if m.weight.dim() == 4]
+    if conv:  # one mask entry per (out, in) kernel, one mask per sample
+        name, layer = conv[-1]
+        assert masked.last_masks()[name].shape == (3, *layer.weight.shape[:2])
 
 
 def test_per_sample_masks_apply_to_their_own_sample():
@@ -143,6 +147,7 @@ def test_save_and_load_reproduce_outputs_bit_for_bit(tmp_path):
     loaded = MaskGenerator.from_pretrained(tmp_path / "gen")
     other = MaskedUNet(make_unet(0), loaded).eval()
     masked.eval()
+    masked.track_drop_probability = True
     x, t, c = random_inputs()
     with torch.no_grad():
         a, b = masked(x, t, c).sample, other(x, t, c).sample

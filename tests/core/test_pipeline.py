@@ -40,6 +40,7 @@ def test_tiny_base_loads_through_the_standard_sd_path(tiny_base):
 
 def test_pipeline_sizes_seeds_and_mask_switch(tiny_base, nontrivial_masks):
     pipe = MaskUNetPipeline.from_base(tiny_base, masks=nontrivial_masks)
+    pipe.masked_unet.track_drop_probability = True
     a = run(pipe, ["a red circle", "a blue square"], seed=3, height=64, width=64)
     assert a.shape == (2, 64, 64, 3)
     assert np.array_equal(a, run(pipe, ["a red circle", "a blue square"], seed=3, height=64, width=64))

@@ -1,0 +1,181 @@
+"""The masked layers' autograd function: memory proportional to a compact mask.
+
+`y_b = x_b (W * m_b)^T + bias` needs, for backward, the input x and the mask, not the
+per-sample masked weights: `W * m_b` is recomputed from the frozen W and the mask. A layer's
+logits, noise and fp32 scores z are computed when the layer runs and live only during its
+forward; what is kept per masked entry is the straight-through derivative sigmoid'(z) as a
+bf16 whose sign is the mask bit (2 bytes: kept iff the sign bit is clear; -0.0 marks a
+dropped entry whose derivative underflowed). Without a gradient to the mask, a bool (1 byte).
+Autograd over `W * m` and `bmm` would instead keep the masked weights (2-4 bytes), the float
+mask (4) and the sigmoid (4) alive through backward.
+
+Masks have a batch dimension: (B, out, fan_in) for one mask per sample, or (1, out,
+fan_in) for one mask shared by the batch (a plain F.linear / conv2d then). Convolution
+masks are per kernel, (B, out, in): a whole k x k kernel is kept or dropped.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from maskunet.gumbel import mask_scores, sigmoid_derivative
+
+
+@dataclass
+class LayerMask:
+    """How one masked layer gets its mask in one call; evaluated when the layer runs (so the
+    recompute of gradient checkpointing, which restores the RNG state, gets the same mask)."""
+
+    logits: Callable[[], torch.Tensor]  # (B or 1, out, fan_in) mask logits
+    tau: float = 1.0
+    z_min: float = 0.0  # keep iff z = (L + eps) / tau > z_min = logit(threshold)
+    stochastic: bool = False
+    on_scores: Callable[[torch.Tensor, torch.Tensor], None] | None = None  # (logits, z): statistics
+
+
+def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """What F.linear would compute in: the autocast dtype when autocast is on, else W's."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def _masked_weight(weight: torch.Tensor, hard: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, *weight.shape) masked weights; per-kernel masks broadcast over the kernel window."""
+    w = weight.to(dtype)
+    per_kernel = hard[0].numel() != weight.numel()
+    view = (hard.shape[0], *weight.shape[:2], *([1] * (weight.dim() - 2))) if per_kernel else (-1, *weight.shape)
+    return w.unsqueeze(0) * hard.view(view)
+
+
+def _mask_grad(grad_weights: torch.Tensor, weight: torch.Tensor, hard_shape: torch.Size) -> torch.Tensor:
+    """d loss / d mask from d loss / d (W * m): times W, summed over a kernel window if per kernel."""
+    grad = grad_weights.float().mul_(weight.float())
+    if grad[0].numel() != hard_shape[1:].numel():
+        grad = grad.flatten(3).sum(-1)  # per-kernel mask: the window shares one entry
+    return grad.reshape(hard_shape)
+
+
+class _LinearOp:
+    """x: (..., in); masked weights (B, out, in)."""
+
+    @staticmethod
+    def forward(x, weights, bias, layer):
+        if weights.shape[0] == 1:
+            return F.linear(x, weights[0], bias)
+        batch = weights.shape[0]
+        flat = x.reshape(batch, -1, x.shape[-1])
+        out = torch.bmm(flat, weights.transpose(1, 2))
+        if bias is not None:
+            out = out + bias
+        return out.reshape(*x.shape[:-1], weights.shape[1])
+
+    @staticmethod
+    def grads(x, weights, grad_out, layer, need_x: bool):
+        batch = weights.shape[0]
+        flat_x = x.reshape(batch, -1, x.shape[-1])
+        flat_g = grad_out.reshape(batch, -1, grad_out.shape[-1])
+        grad_w = torch.bmm(flat_g.transpose(1, 2), flat_x)  # (B', out, in)
+        grad_x = torch.bmm(flat_g, weights.expand(batch, -1, -1)).reshape(x.shape) if need_x else None
+        return grad_x, grad_w
+
+
+class _ConvOp:
+    """Per-sample kernels as one grouped convolution: sample b is group b."""
+
+    @staticmethod
+    def _geometry(layer):
+        return layer.stride, layer.padding, layer.dilation
+
+    @staticmethod
+    def forward(x, weights, bias, layer):
+        if layer.padding_mode != "zeros":
+            raise NotImplementedError("masked convolutions support zero padding only")
+        stride, padding, dilation = _ConvOp._geometry(layer)
+        if weights.shape[0] == 1:
+            return F.conv2d(x, weights[0], bias, stride, padding, dilation, layer.groups)
+        batch = weights.shape[0]
+        grouped = x.reshape(1, batch * x.shape[1], *x.shape[2:])
+        kernels = weights.reshape(batch * weights.shape[1], *weights.shape[2:])
+        bias = None if bias is None else bias.repeat(batch)
+        out = F.conv2d(grouped, kernels, bias, stride, padding, dilation, layer.groups * batch)
+        return out.reshape(batch, -1, *out.shape[2:])
+
+    @staticmethod
+    def grads(x, weights, grad_out, layer, need_x: bool):
+        stride, padding, dilation = _ConvOp._geometry(layer)
+        batch, shared = x.shape[0], weights.shape[0] == 1
+        groups = layer.groups * (1 if shared else batch)
+        inputs = x if shared else x.reshape(1, -1, *x.shape[2:])
+        grads = grad_out if shared else grad_out.reshape(1, -1, *grad_out.shape[2:])
+        kernels = weights.reshape(-1, *weights.shape[2:])
+        grad_x = None
+        if need_x:
+            grad_x = torch.nn.grad.conv2d_input(inputs.shape, kernels, grads, stride, padding, dilation, groups)
+            grad_x = grad_x.reshape(x.shape)
+        grad_w = torch.nn.grad.conv2d_weight(inputs, kernels.shape, grads, stride, padding, dilation, groups)
+        return grad_x, grad_w.reshape(weights.shape)
+
+
+class MaskedForward(torch.autograd.Function):
+    """y = op(x, W * m, bias) with m = 1[scores > z_min] (or a given bool mask); gradient to x
+    and the scores (straight-through: sigmoid'(z))."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, scores, hard, z_min, layer, op):
+        dtype = _compute_dtype(x, weight)
+        saved = hard
+        if scores is not None:
+            hard = scores > z_min
+            derivative = sigmoid_derivative(scores)
+            saved = torch.where(hard, derivative, -derivative).to(torch.bfloat16)
+            del derivative
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+            out = op.forward(x, _masked_weight(weight, hard, dtype), bias, layer)
+        ctx.save_for_backward(x, weight, saved)
+        ctx.layer, ctx.op, ctx.dtype, ctx.has_scores = layer, op, dtype, scores is not None
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, saved = ctx.saved_tensors
+        hard = ~torch.signbit(saved) if ctx.has_scores else saved
+        need_x, need_w, need_b, need_scores = ctx.needs_input_grad[:4]
+        with torch.autocast(x.device.type, enabled=False):
+            grad_out = grad_out.to(ctx.dtype)
+            weights = _masked_weight(weight, hard, ctx.dtype)
+            grad_x, grad_weights = ctx.op.grads(x, weights, grad_out, ctx.layer, need_x)
+            del weights
+            grad_w = None
+            if need_w:  # masks are meant for frozen weights, but stay correct if W trains
+                ones = _masked_weight(torch.ones_like(weight), hard, grad_weights.dtype)
+                grad_w = (grad_weights * ones).sum(0).to(weight.dtype)
+            grad_scores = None
+            if need_scores:
+                grad_scores = _mask_grad(grad_weights, weight, saved.shape).mul_(saved.abs())
+            grad_b = None
+            if need_b and ctx.has_bias:
+                channel = grad_out.dim() - 1 if ctx.op is _LinearOp else 1
+                grad_b = grad_out.sum([d for d in range(grad_out.dim()) if d != channel])
+        return (None if grad_x is None else grad_x.to(x.dtype)), grad_w, grad_b, grad_scores, None, None, None, None
+
+
+def masked_forward(layer, x: torch.Tensor, mask: LayerMask) -> torch.Tensor:
+    """Run `layer` with the mask `mask` describes: logits -> scores -> masked op, all here."""
+    with torch.autocast(x.device.type, enabled=False):  # the mask path stays fp32 (see gumbel.py)
+        logits = mask.logits()
+        scores = mask_scores(logits, mask.tau, mask.stochastic)
+    if mask.on_scores is not None:
+        mask.on_scores(logits, scores)
+    del logits
+    op = _ConvOp if layer.weight.dim() == 4 else _LinearOp
+    if scores.requires_grad:
+        return MaskedForward.apply(x, layer.weight, layer.bias, scores, None, mask.z_min, layer, op)
+    hard = scores > mask.z_min
+    del scores
+    return MaskedForward.apply(x, layer.weight, layer.bias, None, hard, mask.z_min, layer, op)
