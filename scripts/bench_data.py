@@ -13,6 +13,9 @@
    - "dl":   the same DataLoader + HF datasets, but applying this platform's own per-row
              functions (`decode_image`, `image_to_array`, `tokenize`): a control that gives
              both sides identical per-image work, so its ratio isolates pipeline overhead.
+   "ray" and "dl" deliver uint8 pixels (the trainer scales them on its device); the timed
+   loop scales them to [-1, 1] float32 in the consumer, so every pipeline ends with the
+   reference's float tensors and that work is counted against this platform.
    Each run is a fresh subprocess; pipelines alternate for `--repeats` rounds so background
    load hits all alike. Each run makes a cold pass (process start to its end: `ray.init`,
    HF's parquet -> arrow conversion, worker start and imports), reported as start-up, then
@@ -93,8 +96,12 @@ def cpu_seconds() -> float:
 
 
 def timed_pass(batches) -> dict:
+    import torch
+    from maskunet_platform.data.model_inputs import pixels_to_model
+
     t0, c0, n, first = time.perf_counter(), cpu_seconds(), 0, None
     for batch in batches:
+        pixels_to_model(batch["pixel_values"], torch.float32)  # uint8 -> [-1, 1], as the trainer does
         n += len(batch["input_ids"])
         first = first or time.perf_counter() - t0
     return {"rows": n, "seconds": time.perf_counter() - t0, "first_batch_s": first, "cpu_s": cpu_seconds() - c0}

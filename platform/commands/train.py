@@ -7,6 +7,12 @@ from typing import Optional
 import click
 
 DEFAULT_JOB = Path(__file__).resolve().parents[2] / "jobs" / "local.yaml"
+
+
+class InvalidInput(click.ClickException):
+    """Bad input (config, base model): one line naming the field, exit code 2."""
+
+    exit_code = 2
 SAMPLE_ROWS = 320
 
 
@@ -15,11 +21,11 @@ def _load(config_path: Optional[str], overrides: tuple[str, ...]):
 
     path = Path(config_path) if config_path else DEFAULT_JOB
     if not path.exists():
-        raise click.ClickException(f"job config {path} does not exist")
+        raise InvalidInput(f"job config {path} does not exist")
     try:
         return load_job(path, overrides), path.read_text()
     except ConfigError as e:
-        raise click.ClickException(str(e)) from None
+        raise InvalidInput(str(e)) from None
 
 
 def _ensure_sample_data(job) -> None:
@@ -39,11 +45,15 @@ def _ensure_sample_data(job) -> None:
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help="Ray cluster address; default: local Ray.")
 def train(config_path, overrides, address) -> None:
     """Train the mask generator with Ray Train + DeepSpeed; track in MLflow."""
+    from maskunet_platform.train.base_check import BaseModelError
     from maskunet_platform.train.launcher import train_job
 
     job, yaml_text = _load(config_path, overrides)
     _ensure_sample_data(job)
-    outcome = train_job(job, address=address, job_yaml=yaml_text)
+    try:
+        outcome = train_job(job, address=address, job_yaml=yaml_text)
+    except BaseModelError as e:
+        raise InvalidInput(str(e)) from None
     click.echo(f"run name:         {outcome.run_name}")
     click.echo(f"mlflow run id:    {outcome.mlflow_run_id}")
     click.echo(f"mlflow artifacts: {outcome.artifact_uri}")
@@ -76,7 +86,7 @@ def evaluate(masks, base, data_uri, config_path, overrides, address, as_json) ->
     try:
         metrics, run_id = run_eval_command(job, masks, data_uri, address)
     except (FileNotFoundError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise InvalidInput(str(e)) from None
     if as_json:
         json.dump({"metrics": metrics, "mlflow_run_id": run_id}, sys.stdout, indent=2)
         click.echo()

@@ -26,13 +26,25 @@ class DataSection(Section):
     encode: bool = False
     encode_actors: int = Field(1, ge=1)
     encode_device: Literal["auto", "cpu", "cuda"] = "auto"
+    # GPU share of each encode actor; trainers then take the rest of a GPU each
+    # (`encode.trainer_gpu_share`), so actors and trainers fit on the same GPUs.
+    encode_gpu_fraction: float = Field(0.25, gt=0.0, lt=1.0)
     # Max concurrent preprocessing tasks; None lets Ray Data decide.
     parallelism: Optional[int] = Field(None, ge=1)
     seed: int = 0
-    # Keep row order stable across runs (slower; for tests and debugging).
+    # Keep row order stable across runs (slower; for tests and debugging); no shuffle buffer.
     deterministic: bool = False
-    # Fraction of rows (chosen by a hash of the row's content) held out for evaluation.
+    # Read the row groups in a new order every epoch, drawn from (seed, epoch); off: file order.
+    shuffle: bool = True
+    # Rows each training worker mixes in a local shuffle buffer on top (0: off).
+    shuffle_buffer: int = Field(256, ge=0, description="rows in each worker's local shuffle buffer")
+    # Fraction of rows held out for evaluation: whole 32-row read units, chosen by a
+    # stable hash of (file name, row group, unit), at least one unit (see data/units.py).
     holdout_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    # Extra attempts for a footer / row-group read failing with a transient error
+    # (429, 5xx, timeouts), with exponential backoff from read_retry_backoff_s, jittered.
+    read_retries: int = Field(5, ge=0)
+    read_retry_backoff_s: float = Field(1.0, gt=0.0)
     # S3-compatible endpoint (MinIO, moto); default: AWS_ENDPOINT_URL from the environment.
     s3_endpoint_url: Optional[str] = None
 

@@ -7,7 +7,7 @@ from maskunet_platform.config.base import Section
 
 
 class ModelSection(Section):
-    # Local folder, HF hub id (e.g. runwayml/stable-diffusion-v1-5) or s3:// prefix.
+    # Local folder, HF hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or s3:// prefix.
     base: str = Field("~/.cache/maskunet/tiny-base", description="base pipeline location")
     # When `base` is a local path that does not exist, build the tiny offline base there.
     create_tiny_if_missing: bool = True

@@ -19,3 +19,8 @@ class TrackingSection(Section):
     register_model: bool = True
     registered_model_name: str = "maskunet-masks"
     tags: dict[str, str] = Field(default_factory=dict)
+    # Training-side metric logging runs in a background thread: a slow or unreachable server
+    # never stalls a step. Batches wait in a bounded buffer (oldest dropped when full).
+    buffer_batches: int = Field(10000, ge=1, description="metric batches buffered while the server is unreachable")
+    request_timeout_s: float = Field(10.0, gt=0, description="one MLflow request; failures are retried with backoff")
+    flush_timeout_s: float = Field(60.0, ge=0, description="how long closing waits for buffered metrics")

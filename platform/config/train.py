@@ -24,7 +24,18 @@ class DeepSpeedSection(Section):
             raise ValueError("offload_param requires zero_stage 3")
         if self.offload_optimizer != "none" and self.zero_stage == 0:
             raise ValueError("offload_optimizer requires zero_stage >= 1")
+        for mode in ("bf16", "fp16", "torch_autocast"):
+            if isinstance(self.extra.get(mode), dict) and self.extra[mode].get("enabled"):
+                # DeepSpeed's modes cast or autocast the mask generator too; it must stay fp32.
+                raise ValueError(f"extra.{mode} must not be enabled: set train.precision instead")
         return self
+
+
+class LossScalingSection(Section):
+    # fp16 only: dynamic loss scale for the gradients through the fp16 U-Net (the generator is fp32).
+    initial_scale_power: int = Field(16, ge=0, le=32, description="initial scale 2**power")
+    growth_interval: int = Field(1000, ge=1, description="applied steps in a row before the scale doubles")
+    min_scale: float = Field(1.0, gt=0)
 
 
 class EvalSection(Section):
@@ -73,6 +84,7 @@ class TrainSection(Section):
     export_dir: str = "~/.cache/maskunet/exports"
     compile: bool = False  # torch.compile the U-Net (GPU runs)
     gradient_checkpointing: bool = False
+    loss_scaling: LossScalingSection = Field(default_factory=LossScalingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     samples: SamplesSection = Field(default_factory=SamplesSection)
 
@@ -82,6 +94,9 @@ class TrainSection(Section):
             raise ValueError("precision fp16 needs use_gpu: true (CPU kernels lack fp16)")
         if not self.deepspeed.enabled and self.precision != "fp32":
             raise ValueError("precision bf16/fp16 needs deepspeed.enabled (DDP path trains fp32)")
+        if self.precision == "fp16" and self.deepspeed.zero_stage == 0:
+            raise ValueError("precision fp16 needs deepspeed.zero_stage >= 1 "
+                             "(its loss scale lives in the ZeRO optimizer)")
         if self.backend == "nccl" and not self.use_gpu:
             raise ValueError("backend nccl needs use_gpu: true")
         return self

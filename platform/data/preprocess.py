@@ -1,14 +1,17 @@
-"""CPU preprocessing: decode -> RGB -> resize/crop/flip -> [-1, 1] CHW, plus tokenization.
+"""CPU preprocessing: decode -> RGB -> resize/crop/flip -> uint8 CHW, plus tokenization.
 
 `preprocess_batch` is the Ray Data `map_batches` function. Bad rows (null or empty image
 bytes, undecodable bytes, empty/null captions, and rows failing the optional filters)
 are dropped, never raised, and counted by reason in a `DropCounter` actor and the log.
 
+Pixels stay uint8 (a quarter of float32's bytes) until the training worker scales them
+to [-1, 1] (`model_inputs.pixels_to_model`).
+
 Randomness (random crop, flip) comes from a per-row generator seeded by
 (`seed`, a hash of the row's bytes and caption): in deterministic mode a row always gets
 the same augmentation wherever and whenever it is processed; otherwise a fresh salt per
-batch varies it between epochs. The same hash places rows in the held-out split
-(`holdout_fraction`), so the split never depends on file order or block boundaries.
+batch varies it between epochs. (The held-out split is decided per read unit when the
+read is planned: see units.py.)
 """
 from __future__ import annotations
 
@@ -53,8 +56,6 @@ class PreprocessSpec:
     aesthetic_column: str = "aesthetic"
     min_side: int | None = None
     min_aesthetic: float | None = None
-    split: str = "all"  # "all" | "train" | "holdout"
-    holdout_fraction: float = 0.0
     passthrough: tuple[str, ...] = ()  # extra input columns copied to the output (tests, debugging)
     batch_size: int = 32  # rows per output block of `preprocess_blocks`
 
@@ -128,13 +129,13 @@ def crop_window(size: tuple[int, int], crop: str, rng: np.random.Generator) -> t
 
 def image_to_array(img: Image.Image, resolution: int, crop: str, flip: bool,
                    rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
-    """RGB image -> float32 (3, R, R) in [-1, 1], written into `out` when given.
+    """RGB image -> uint8 (3, R, R), written into `out` when given.
 
     Crop first, then resize only the kept square (the same picture as resizing the whole
     image, without computing pixels that are thrown away). The resize is torch's
     antialiased bilinear on uint8: within 2 grey levels of PIL's BILINEAR (mean difference
     ~0.01) at about half its cost. The CHW layout is a view of the uint8 pixels, and the
-    float result is written straight into `out` (e.g. a row of the preallocated batch).
+    result is written straight into `out` (e.g. a row of the preallocated batch).
     """
     x0, y0, side = crop_window(img.size, crop, rng)
     with warnings.catch_warnings():  # PIL's buffer is read-only; nothing here writes to it
@@ -145,8 +146,8 @@ def image_to_array(img: Image.Image, resolution: int, crop: str, flip: bool,
     if flip and rng.random() < 0.5:
         chw = chw.flip(-1)
     if out is None:
-        out = np.empty((3, resolution, resolution), np.float32)
-    torch.from_numpy(out).copy_(chw).div_(127.5).sub_(1.0)  # 255 / 127.5 - 1 == 1 exactly
+        out = np.empty((3, resolution, resolution), np.uint8)
+    torch.from_numpy(out).copy_(chw)
     return out
 
 
@@ -156,13 +157,6 @@ def row_hash(image: bytes | None, caption: str | None) -> int:
     h.update(b"\0")
     h.update((caption or "").encode("utf-8", "replace"))
     return int.from_bytes(h.digest(), "little")
-
-
-def in_split(hash_value: int, split: str, holdout_fraction: float) -> bool:
-    if split == "all" or holdout_fraction <= 0:
-        return split != "holdout"
-    is_holdout = hash_value / 2.0 ** 64 < holdout_fraction
-    return is_holdout if split == "holdout" else not is_holdout
 
 
 def _image_bytes(table: pa.Table, column: str) -> list:
@@ -195,19 +189,15 @@ def preprocess_batch(table: pa.Table, spec: PreprocessSpec, counter=None) -> dic
               if spec.min_aesthetic is not None else [None] * len(images))
     salt = [] if spec.deterministic else [int.from_bytes(os.urandom(8), "little")]
     r = spec.resolution
-    pixels = np.empty((len(images), 3, r, r), np.float32)  # kept rows are written in place
-    kept_captions, kept_idx, dropped, seen = [], [], Counter(), 0
+    pixels = np.empty((len(images), 3, r, r), np.uint8)  # kept rows are written in place
+    kept_captions, kept_idx, dropped = [], [], Counter()
     for i, (image, caption, score) in enumerate(zip(images, captions, scores)):
-        key = row_hash(image, caption)
-        if not in_split(key, spec.split, spec.holdout_fraction):
-            continue
-        seen += 1
         try:
             img = check_row(spec, image, caption, score)
         except BadRow as bad:
             dropped[bad.reason] += 1
             continue
-        rng = np.random.default_rng([spec.seed, key, *salt])
+        rng = np.random.default_rng([spec.seed, row_hash(image, caption), *salt])
         image_to_array(img, r, spec.crop, spec.flip, rng, out=pixels[len(kept_idx)])
         kept_captions.append(str(caption))
         kept_idx.append(i)
@@ -219,7 +209,7 @@ def preprocess_batch(table: pa.Table, spec: PreprocessSpec, counter=None) -> dic
     }
     for name in spec.passthrough:
         out[name] = np.asarray(table.column(name).take(pa.array(kept_idx, pa.int64())).to_pylist(), dtype=object)
-    _report(counter, seen, n, dropped)
+    _report(counter, len(images), n, dropped)
     return out
 
 
@@ -228,7 +218,7 @@ def preprocess_blocks(table: pa.Table, spec: PreprocessSpec, counter=None):
 
     The read is fused into this stage and hands it whatever it read (up to Ray's target
     block size); slicing here keeps every output block one training-sized batch. Batches
-    left with no rows (all dropped, or all in the other split) yield nothing.
+    left with no rows (all dropped) yield nothing.
     """
     for start in range(0, table.num_rows, spec.batch_size):
         out = preprocess_batch(table.slice(start, spec.batch_size), spec, counter)

@@ -5,10 +5,14 @@ so a wrong or missing column fails in seconds with one error naming every proble
 Two layouts are accepted:
 - raw laion-art: an image column (struct{bytes, path} as `datasets` writes it, or plain
   binary) and a string caption column (names configurable);
-- encoded (written by `maskunet data encode`): `latents` and `encoder_hidden_states`.
+- encoded (written by `maskunet data encode`): `latents` (the VAE posterior mean),
+  `latents_std` (its standard deviation; shards written before it existed lack it and
+  train on the mean) and `encoder_hidden_states`.
 """
 from __future__ import annotations
 
+import logging
+import posixpath
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -17,9 +21,13 @@ import ray
 import ray.data
 
 from maskunet_platform.data.parquet_source import ParquetFragments
+from maskunet_platform.data.retry import RetryPolicy, call_with_retries
+from maskunet_platform.data.units import ReadPlan
 from maskunet_platform.data.uri import ResolvedSource, list_parquet_files, resolve_source
 
 ENCODED_COLUMNS = ("latents", "encoder_hidden_states")
+LATENTS_STD = "latents_std"
+log = logging.getLogger("maskunet.data")
 
 
 class SchemaError(ValueError):
@@ -69,13 +77,25 @@ def schema_problems(schema: pa.Schema, image_column: str, caption_column: str,
     return problems
 
 
+def encoded_columns(info: SourceInfo) -> list[str]:
+    """The columns to read from an encoded source (with `latents_std` when it has one)."""
+    if LATENTS_STD in info.schema.names:
+        return [*ENCODED_COLUMNS, LATENTS_STD]
+    log.warning("data: %s has no %s column (written by an older `maskunet data encode`): training "
+                "uses the VAE posterior mean instead of samples from it; re-encode to sample",
+                info.source.uri, LATENTS_STD)
+    return list(ENCODED_COLUMNS)
+
+
 def inspect_source(uri: str, image_column: str = "image", caption_column: str = "text",
-                   aesthetic_column: str | None = None, endpoint_url: str | None = None) -> SourceInfo:
+                   aesthetic_column: str | None = None, endpoint_url: str | None = None,
+                   retry: RetryPolicy = RetryPolicy()) -> SourceInfo:
     """Resolve, list and schema-check `uri`; raises SchemaError/DataSourceError."""
     src = resolve_source(uri, endpoint_url)
-    files = list_parquet_files(src)
+    files = list_parquet_files(src, retry)
+    what = f"reading the parquet schema of {posixpath.basename(files[0])}"
     try:
-        schema = pq.read_schema(files[0], filesystem=src.filesystem)
+        schema = call_with_retries(lambda: pq.read_schema(files[0], filesystem=src.filesystem), what, retry)
     except (OSError, pa.ArrowInvalid) as e:
         raise SchemaError(f"{uri}: cannot read the parquet schema of {files[0]}: {e}") from None
     if all(c in schema.names for c in ENCODED_COLUMNS):
@@ -87,15 +107,21 @@ def inspect_source(uri: str, image_column: str = "image", caption_column: str = 
     return SourceInfo(src, files, schema, "raw")
 
 
-def read_columns(info: SourceInfo, columns: list[str], parallelism: int | None = None,
-                 rows_per_block: int = 32) -> ray.data.Dataset:
-    """Streaming read of only `columns`: one task per row group, blocks of `rows_per_block` rows.
+def open_fragments(info: SourceInfo, columns: list[str], parallelism: int | None = None,
+                   rows_per_block: int = 32, plan: ReadPlan = ReadPlan()) -> ParquetFragments:
+    """The datasource for `columns` of `info`: footers read, split selected, units planned."""
+    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+    min_tasks = 2 * (parallelism or cpus)  # enough tasks to keep every CPU busy and balanced
+    return ParquetFragments(info.files, info.source.filesystem, info.schema, columns, rows_per_block,
+                            min_tasks, plan)
+
+
+def read_columns(source: ParquetFragments, parallelism: int | None = None) -> ray.data.Dataset:
+    """Streaming read of `source`: one task per read unit, blocks of `rows_per_block` rows.
 
     Column pruning keeps metadata (and, for encoded sources, nothing else) off the wire.
     """
-    cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
-    min_tasks = 2 * (parallelism or cpus)  # enough tasks to keep every CPU busy and balanced
-    source = ParquetFragments(info.files, info.source.filesystem, info.schema, columns, rows_per_block, min_tasks)
     # Exactly one block stream per planned task: a larger block count would make Ray split
     # each task's output, which stops it from fusing the read with preprocessing.
-    return ray.data.read_datasource(source, concurrency=parallelism, override_num_blocks=len(source.fragments))
+    return ray.data.read_datasource(source, concurrency=parallelism,
+                                    override_num_blocks=max(1, len(source.fragments)))

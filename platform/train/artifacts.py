@@ -41,11 +41,12 @@ def _short(layer: str) -> str:
 @torch.no_grad()
 def sample_grid_png(base_location: str, generator_dir: str | Path, prompts: list[str], out_path: str | Path,
                     steps: int, guidance_scale: float, seed: int, resolution: int | None = None,
-                    device: str = "cpu") -> Path:
+                    device: str = "cpu", dtype: torch.dtype = torch.float32) -> Path:
     """One row per prompt: base image | masked image, same prompt and seed for both."""
     from maskunet import MaskUNetPipeline
 
-    pipe = MaskUNetPipeline.from_base(base_location, masks=str(generator_dir)).to(device)
+    # The base in the training precision; the mask generator stays fp32 (from_base loads it so).
+    pipe = MaskUNetPipeline.from_base(base_location, masks=str(generator_dir), torch_dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     rows = []
     for i, prompt in enumerate(prompts):

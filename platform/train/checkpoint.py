@@ -2,10 +2,13 @@
 
 Layout of one checkpoint directory (every rank writes its own files; Ray Train merges them):
 
-    train_state.json        step, world size, engine kind (rank 0)
+    train_state.json        step, world size, engine kind, fp16 loss scale (rank 0)
     generator/              consolidated fp32 MaskGenerator folder, config + safetensors (rank 0)
     deepspeed/<tag>/...     each rank's DeepSpeed ZeRO shard (all ranks), or
     ddp/optimizer.pt        optimizer + lr-scheduler state (rank 0, plain tensors only)
+    rng/rank<r>.safetensors each rank's random-stream state (see rng.py)
+
+A resuming rank downloads only what it reads (`download_for_rank`), not every rank's shards.
 
 Nothing is unpickled from storage: the generator loads from safetensors, and torch state
 files load with `weights_only=True` (DeepSpeed's own loader is switched to it, see below).
@@ -14,15 +17,19 @@ import copy
 import json
 import logging
 import os
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Optional
 
+import pyarrow.fs as pafs
 import torch
 from torch import nn
 
 from maskunet import MaskGenerator
 from maskunet_platform.train.engine import Engine
+from maskunet_platform.train.rng import RNG_DIR, rng_file, save_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +42,8 @@ class TrainState:
     step: int = 0
     world_size: int = 1
     engine: str = "deepspeed"
+    loss_scale: Optional[float] = None  # fp16: the dynamic loss scale and its growth counter
+    loss_scale_good_steps: int = 0
 
 
 def full_generator_state(engine: Engine, generator: nn.Module) -> dict[str, torch.Tensor]:
@@ -59,9 +68,12 @@ def export_generator(generator: MaskGenerator, state: dict[str, torch.Tensor], o
 
 
 def save_training_checkpoint(engine: Engine, generator: MaskGenerator, step: int, rank: int,
-                             world_size: int, out_dir: str | Path) -> None:
-    """Every rank writes its part of the step-`step` checkpoint into its local `out_dir`."""
+                             world_size: int, out_dir: str | Path, rng: Optional[torch.Generator] = None) -> None:
+    """Every rank writes its part of the step-`step` checkpoint into its local `out_dir`
+    (with `rng`, the worker's generator: the state of this rank's random streams)."""
     out_dir = Path(out_dir)
+    if rng is not None:
+        save_rng_state(rng, rank, out_dir)
     state = full_generator_state(engine, generator)
     if engine.ds_engine is not None:
         engine.ds_engine.save_checkpoint(str(out_dir / "deepspeed"), tag=_tag(step),
@@ -73,6 +85,9 @@ def save_training_checkpoint(engine: Engine, generator: MaskGenerator, step: int
     if rank == 0:
         export_generator(generator, state, out_dir / GENERATOR_DIR)
         train_state = TrainState(step=step, world_size=world_size, engine=engine.kind)
+        if engine.loss_scale is not None:
+            train_state.loss_scale = engine.loss_scale.scale
+            train_state.loss_scale_good_steps = engine.loss_scale.good_steps
         (out_dir / STATE_FILE).write_text(json.dumps(train_state.__dict__))
 
 
@@ -81,6 +96,61 @@ def read_train_state(ckpt_dir: str | Path) -> TrainState:
     if not path.exists():
         raise FileNotFoundError(f"{ckpt_dir} is not a maskunet training checkpoint (no {STATE_FILE})")
     return TrainState(**json.loads(path.read_text()))
+
+
+# DeepSpeed files that belong to one data-parallel rank: ZeRO optimizer shards, and under
+# ZeRO-3 the per-rank model-state files. Everything else in the tag folder (e.g. ZeRO-1/2's
+# mp_rank_00_model_states.pt) is read by every rank.
+_RANK_FILE = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_")
+
+
+def download_for_rank(fs: pafs.FileSystem, ckpt_path: str, local_dir: str | Path, rank: int,
+                      world_size: int, engine_kind: str) -> Path:
+    """Copy from a checkpoint on storage only the files `rank` reads to resume.
+
+    DeepSpeed 0.19's load_checkpoint (elastic_checkpoint off, the default) reads the shared
+    model-state file and only this rank's optimizer shard (`_get_all_zero_checkpoint_state_dicts`),
+    so the other ranks' shards stay on storage. The generator folder is needed only when the
+    optimizer state cannot be used (another engine or world size) or for plain DDP.
+    """
+    local_dir = Path(local_dir)
+    _copy(fs, f"{ckpt_path}/{STATE_FILE}", local_dir / STATE_FILE)
+    state = read_train_state(local_dir)
+    names = [RNG_DIR + "/" + rng_file("", rank).name]
+    if state.engine != engine_kind or state.world_size != world_size or state.engine == "ddp":
+        names.append(GENERATOR_DIR)
+    if state.engine == engine_kind == "ddp" and state.world_size == world_size:
+        names.append("ddp/optimizer.pt")
+    for name in names:
+        if fs.get_file_info(f"{ckpt_path}/{name}").type != pafs.FileType.NotFound:
+            _copy(fs, f"{ckpt_path}/{name}", local_dir / name)
+    if state.engine == engine_kind == "deepspeed" and state.world_size == world_size:
+        for info in fs.get_file_info(pafs.FileSelector(f"{ckpt_path}/deepspeed", recursive=True)):
+            owner = _RANK_FILE.match(info.base_name)
+            if info.is_file and (owner is None or int(owner.group(1)) == rank):
+                _copy(fs, info.path, local_dir / PurePosixPath(info.path).relative_to(ckpt_path))
+    return local_dir
+
+
+def download_generator(checkpoint, out_dir: str | Path) -> Path:
+    """Copy only the consolidated generator folder of a `ray.train.Checkpoint` (local or on
+    S3) to `out_dir`, not the DeepSpeed shards next to it."""
+    fs, path = checkpoint.filesystem, checkpoint.path
+    if fs.get_file_info(f"{path}/{GENERATOR_DIR}").type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"checkpoint {path} has no {GENERATOR_DIR}/ folder")
+    _copy(fs, f"{path}/{GENERATOR_DIR}", Path(out_dir))
+    return Path(out_dir)
+
+
+def _copy(fs: pafs.FileSystem, src: str, dst: Path) -> None:
+    """A file or (recursively) a folder from `fs` to the local path `dst`."""
+    if fs.get_file_info(src).type == pafs.FileType.Directory:
+        for info in fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+            if info.is_file:
+                _copy(fs, info.path, dst / PurePosixPath(info.path).relative_to(src))
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
 
 
 def restore_training_checkpoint(engine: Engine, generator: MaskGenerator, ckpt_dir: str | Path,
@@ -100,6 +170,9 @@ def restore_training_checkpoint(engine: Engine, generator: MaskGenerator, ckpt_d
                                                        load_module_strict=False)
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint under {ckpt_dir / 'deepspeed'}")
+        if engine.loss_scale is not None and state.loss_scale is not None:
+            engine.loss_scale.scale, engine.loss_scale.good_steps = state.loss_scale, state.loss_scale_good_steps
+            engine.apply_loss_scale()
     else:
         _load_generator_weights(generator, ckpt_dir / GENERATOR_DIR)
         saved = torch.load(ckpt_dir / "ddp" / "optimizer.pt", map_location="cpu", weights_only=True)

@@ -6,7 +6,7 @@ training loop reads the same either way; DDP is the parity baseline for ZeRO.
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -14,12 +14,18 @@ from torch import nn
 from maskunet_platform.config.train import TrainSection
 
 
+TORCH_EXTENSIONS_DIR = "~/.cache/maskunet/torch_extensions"
+
+
 def configure_worker_env(use_gpu: bool) -> None:
-    """Process env DeepSpeed reads at import: accelerator and a persistent JIT-op cache."""
+    """Process env DeepSpeed reads at import, set inside each worker: accelerator and a
+    persistent JIT-op cache. `~` is expanded here, on the worker: the driver's home
+    directory may not exist on the cluster's nodes."""
     if not use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     # The CPU shm op JIT-builds once (30-45 s); keep it across runs and CI jobs.
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/maskunet/torch_extensions"))
+    extensions = os.environ.get("TORCH_EXTENSIONS_DIR", TORCH_EXTENSIONS_DIR)
+    os.environ["TORCH_EXTENSIONS_DIR"] = os.path.expanduser(extensions)
 
 
 def lr_lambda(train: TrainSection) -> Callable[[int], float]:
@@ -53,8 +59,12 @@ def deepspeed_config(train: TrainSection, micro_batch: int, world_size: int) -> 
         "train_batch_size": micro_batch * ds.gradient_accumulation_steps * world_size,
         "gradient_clipping": ds.gradient_clipping,
         "zero_optimization": zero,
-        "bf16": {"enabled": train.precision == "bf16"},
-        "fp16": {"enabled": train.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        # Never DeepSpeed's bf16/fp16 modes: they cast every parameter of the module, the mask
+        # generator included. The frozen base is loaded in train.precision instead, the
+        # generator stays fp32, and fp16's loss scale is applied through the ZeRO optimizer
+        # (see DynamicLossScale).
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
         # We pass a torch AdamW; DeepSpeed's own CPU Adam would JIT-compile for ~1 min.
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
@@ -78,6 +88,33 @@ def build_optimizer(params: list[nn.Parameter], train: TrainSection) -> torch.op
 
 
 @dataclass
+class DynamicLossScale:
+    """Loss scale for fp16 training with an fp32 mask generator.
+
+    The frozen U-Net runs in fp16, so the gradients flowing back through it to the masks
+    underflow without scaling. DeepSpeed's own fp16 mode would scale, but it also casts the
+    generator to fp16. Here the generator stays fp32 and the ZeRO optimizer is handed this
+    scale as an external loss scale (`override_loss_scale`): `engine.backward` multiplies the
+    loss by it, the optimizer divides the fp32 gradients by it (before clipping), and a step
+    whose gradients are not finite is skipped (zeroed, no lr-scheduler step). The scale then
+    halves after an overflow and doubles after `growth_interval` applied steps in a row.
+    """
+
+    scale: float = 2.0**16
+    growth_interval: int = 1000
+    min_scale: float = 1.0
+    good_steps: int = 0
+
+    def update(self, applied: bool) -> None:
+        if not applied:
+            self.scale, self.good_steps = max(self.scale / 2, self.min_scale), 0
+            return
+        self.good_steps += 1
+        if self.good_steps >= self.growth_interval:
+            self.scale, self.good_steps = self.scale * 2, 0
+
+
+@dataclass
 class Engine:
     """What the loop drives. `forward_module(sample, t, ehs)` runs the (wrapped) masked U-Net."""
 
@@ -89,20 +126,28 @@ class Engine:
     clipping: float
     trainable: list[nn.Parameter]
     ds_engine: Any = None
+    loss_scale: Optional[DynamicLossScale] = None  # fp16 only
     _micro: int = 0
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.ds_engine is not None:
-            self.ds_engine.backward(loss)  # scales by 1/accumulation itself
+            self.ds_engine.backward(loss)  # scales by 1/accumulation (and the loss scale) itself
         else:
             (loss / self.accumulation_steps).backward()
 
     def step(self) -> bool:
-        """Advance one micro-batch; True when this was an optimizer step (accumulation boundary)."""
+        """Advance one micro-batch; True when an optimizer step was applied (at an accumulation
+        boundary, and not skipped for non-finite gradients)."""
         if self.ds_engine is not None:
             boundary = self.ds_engine.is_gradient_accumulation_boundary()
             self.ds_engine.step()
-            return boundary
+            if not boundary:
+                return False
+            applied = self.ds_engine.was_step_applied()
+            if self.loss_scale is not None:
+                self.loss_scale.update(applied)
+                self.apply_loss_scale()
+            return applied
         self._micro += 1
         if self._micro % self.accumulation_steps:
             return False
@@ -113,6 +158,15 @@ class Engine:
         self.lr_scheduler.step()
         return True
 
+    def apply_loss_scale(self) -> None:
+        if self.loss_scale is not None:
+            self.ds_engine.optimizer.override_loss_scale(self.loss_scale.scale)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Optimizer steps skipped for non-finite gradients since the run began (restored on resume)."""
+        return int(getattr(self.ds_engine, "skipped_steps", 0) or 0)
+
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -120,7 +174,10 @@ class Engine:
 
 def build_engine(model: nn.Module, train: TrainSection, micro_batch: int, world_size: int,
                  device: torch.device) -> Engine:
-    """Wrap `model` (masked U-Net; only mask-generator params require grad) for training."""
+    """Wrap `model` (masked U-Net; only mask-generator params require grad) for training.
+
+    The module's parameters keep their dtypes: the frozen base in train.precision, the
+    mask generator in fp32 (DeepSpeed's mixed-precision modes are never enabled)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(trainable, train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
@@ -137,8 +194,14 @@ def build_engine(model: nn.Module, train: TrainSection, micro_batch: int, world_
         config=deepspeed_config(train, micro_batch, world_size),
         dist_init_required=False,  # Ray Train already initialised the process group
     )
-    return Engine("deepspeed", ds_engine, ds_optimizer, ds_scheduler, ds.gradient_accumulation_steps,
-                  ds.gradient_clipping, trainable, ds_engine=ds_engine)
+    engine = Engine("deepspeed", ds_engine, ds_optimizer, ds_scheduler, ds.gradient_accumulation_steps,
+                    ds.gradient_clipping, trainable, ds_engine=ds_engine)
+    if train.precision == "fp16":
+        scaling = train.loss_scaling
+        engine.loss_scale = DynamicLossScale(2.0**scaling.initial_scale_power, scaling.growth_interval,
+                                             scaling.min_scale)
+        engine.apply_loss_scale()
+    return engine
 
 
 def _ddp_engine(model, train, world_size, device, trainable, optimizer, scheduler) -> Engine:

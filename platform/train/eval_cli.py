@@ -6,19 +6,17 @@ from maskunet_platform.config import JobConfig
 
 
 def run_eval_command(job: JobConfig, masks: str, data_uri: Optional[str], address: Optional[str]):
-    """Returns (metrics, mlflow run id or None)."""
-    from maskunet_platform.train.base import resolve_base
-    from maskunet_platform.train.finalize import run_paired_eval
+    """Returns (metrics, mlflow run id or None). The eval runs as a Ray task, not in this process."""
+    from maskunet_platform.train.base_check import check_base
     from maskunet_platform.train.launcher import connect_ray
+    from maskunet_platform.train.post_training import GeneratorSource, run_post_training
 
-    if not (Path(masks) / "config.json").exists():
-        raise FileNotFoundError(f"--masks {masks!r} is not a mask-generator folder (no config.json)")
+    generator = GeneratorSource.from_folder(masks)
+    check_base(job.model)
     connect_ray(address, job)
-    base_location = resolve_base(job.model)
     # An explicit --data set is all held-out; the job's own data uses its holdout split.
     split = "all" if data_uri else "holdout"
-    result = run_paired_eval(job, base_location, masks, data_uri, split)
-    metrics = result.metrics()
+    metrics = run_post_training(job, generator, data_uri, split).eval.metrics()
     if not job.tracking.enabled:
         return metrics, None
     return metrics, _log_eval_run(job, metrics, masks, data_uri or job.data.source)

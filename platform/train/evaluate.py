@@ -44,7 +44,7 @@ def stratified_timesteps(batch: int, offset: int, buckets: int, num_train_timest
 def paired_eval(base: FrozenBase, generator: MaskGenerator, batches: Iterable[dict[str, torch.Tensor]],
                 rows: int, buckets: int = 4, seed: int = 1234) -> EvalResult:
     """Evaluate `generator` on up to `rows` rows; the same randomness feeds base and masked."""
-    masked = MaskedUNet(base.unet, generator.to(base.unet.device, base.unet.dtype).eval())
+    masked = MaskedUNet(base.unet, generator.to(base.unet.device).eval())  # generator stays fp32
     scheduler, n_train = base.noise_scheduler, base.noise_scheduler.config.num_train_timesteps
     names = bucket_names(buckets, n_train)
     sums = {kind: torch.zeros(buckets, dtype=torch.float64) for kind in ("base", "masked")}
@@ -78,8 +78,8 @@ def paired_eval(base: FrozenBase, generator: MaskGenerator, batches: Iterable[di
 
 
 def _vae_rng(base: FrozenBase, batch: dict, rng: torch.Generator) -> torch.Generator | None:
-    """A seeded generator for sampling the VAE posterior of raw images (none for latents)."""
-    if "latents" in batch:
+    """A seeded generator for sampling the VAE posterior (raw images, or encoded mean + std)."""
+    if "latents" in batch and "latents_std" not in batch:  # old encoded shards: the mean, no sampling
         return None
     return torch.Generator(base.unet.device).manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
 

@@ -9,7 +9,7 @@ import torch
 
 from maskunet import MaskGenerator
 from maskunet_platform.config import JobConfig
-from maskunet_platform.train.base import load_frozen_base
+from maskunet_platform.train.base import load_frozen_base, resolve_base
 from maskunet_platform.train.tracking import log_metrics
 
 log = logging.getLogger(__name__)
@@ -26,48 +26,49 @@ def eval_batches(job: JobConfig, base_location: str, data_uri: Optional[str] = N
 
 
 def run_paired_eval(job: JobConfig, base_location: str, generator_dir: str, data_uri: Optional[str] = None,
-                    split: str = "holdout"):
+                    split: str = "holdout", device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """Paired eval in this process (called inside the post-training task)."""
     from maskunet_platform.train.evaluate import paired_eval
 
-    device = "cuda" if job.train.use_gpu and torch.cuda.is_available() else "cpu"
-    base = load_frozen_base(job.model.model_copy(update={"base": base_location}), device)
+    base = load_frozen_base(job.model.model_copy(update={"base": base_location}), device, dtype)
     generator = MaskGenerator.from_pretrained(generator_dir)
     cfg = job.train.eval
     return paired_eval(base, generator, eval_batches(job, base_location, data_uri, split), cfg.rows,
                        cfg.timestep_buckets, cfg.seed)
 
 
-def finalize_run(job: JobConfig, outcome, target, base_location: str, job_yaml: Optional[str]) -> None:
-    """Fill `outcome.eval`, and with tracking on: artifacts, eval metrics, a registered model version."""
-    from maskunet_platform.train.artifacts import sample_grid_png, sparsity_heatmap_png
+def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional[str]) -> None:
+    """Fill `outcome.eval` (post-training task on the training resources), and with tracking on:
+    artifacts, eval metrics and a registered model version."""
+    from maskunet_platform.train.post_training import GeneratorSource, run_post_training
 
+    tracking = target is not None
     started = time.perf_counter()
-    result = run_paired_eval(job, base_location, outcome.generator_dir)
-    outcome.eval = result.metrics()
-    outcome.timings["eval"] = time.perf_counter() - started
-    if target is None:
+    post = run_post_training(job, GeneratorSource(checkpoint=checkpoint),
+                             heatmap=tracking and job.tracking.log_heatmap, samples=tracking and job.tracking.log_samples)
+    outcome.eval = post.eval.metrics()
+    outcome.post_training_where = post.where
+    outcome.timings.update({f"{k} ({post.device})": v for k, v in post.timings.items()})
+    outcome.timings["post_training_task"] = time.perf_counter() - started
+    if not tracking:
         return
     from mlflow import MlflowClient
 
+    started = time.perf_counter()
     client = MlflowClient(target.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="maskunet-artifacts-") as tmp:
         tmp = Path(tmp)
         client.log_artifacts(target.run_id, outcome.generator_dir, "mask_generator")
-        if job_yaml:
-            (tmp / "job.yaml").write_text(job_yaml)
-            client.log_artifact(target.run_id, str(tmp / "job.yaml"))
-        if job.tracking.log_heatmap:
-            client.log_artifact(target.run_id, str(sparsity_heatmap_png(result, tmp / "sparsity_heatmap.png")))
-        if job.tracking.log_samples:
-            s = job.train.samples
-            grid = sample_grid_png(base_location, outcome.generator_dir, s.prompts, tmp / "samples_base_vs_masked.png",
-                                   s.num_inference_steps, s.guidance_scale, s.seed, s.resolution or job.data.resolution)
-            client.log_artifact(target.run_id, str(grid))
-        outcome.timings["artifacts"] = time.perf_counter() - started - outcome.timings["eval"]
+        files = {"job.yaml": job_yaml and job_yaml.encode(), "sparsity_heatmap.png": post.heatmap_png,
+                 "samples_base_vs_masked.png": post.samples_png}
+        for name, data in files.items():
+            if data:
+                (tmp / name).write_bytes(data)
+                client.log_artifact(target.run_id, str(tmp / name))
         log_metrics(client, target.run_id, outcome.eval, int(outcome.metrics.get("step", 0)))
         if job.tracking.register_model:
-            outcome.model_version = _register(job, outcome, target, base_location, tmp)
-    outcome.timings["total_finalize"] = time.perf_counter() - started
+            outcome.model_version = _register(job, outcome, target, resolve_base(job.model), tmp)
+    outcome.timings["log_and_register"] = time.perf_counter() - started
     client.set_terminated(target.run_id, "FINISHED")
     outcome.artifact_uri = client.get_run(target.run_id).info.artifact_uri
 

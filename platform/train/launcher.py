@@ -3,6 +3,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +11,6 @@ import ray
 
 from maskunet_platform.config import JobConfig
 from maskunet_platform.train.base import resolve_base
-from maskunet_platform.train.engine import configure_worker_env
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +26,29 @@ class TrainingOutcome:
     model_version: Optional[str] = None
     eval: Optional[dict] = None
     timings: dict = field(default_factory=dict)  # stage -> seconds
+    post_training_where: str = ""  # where evaluation and samples ran (a Ray task, not the driver)
 
 
 def connect_ray(address: Optional[str], job: JobConfig) -> None:
-    """Join a cluster (`--address`/RAY_ADDRESS) or start a local Ray sized for workers + data tasks."""
-    configure_worker_env(job.train.use_gpu)  # inherited by local workers; set again inside each worker
+    """Join a cluster (`--address`/RAY_ADDRESS) or start a local Ray sized for workers + data tasks.
+
+    Workers get the driver's settings and credentials from its environment (worker_env.py);
+    each worker sets its own DeepSpeed env (configure_worker_env, `~` expanded there)."""
+    from maskunet_platform.train.worker_env import check_cluster_tracking, worker_runtime_env
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    check_cluster_tracking(job, address)  # before anything starts
     if ray.is_initialized():
         return
-    env = {k: os.environ[k] for k in ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR") if k in os.environ}
-    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = worker_runtime_env(job.train.use_gpu, address)
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env})
+        ray.init(address=address, runtime_env=runtime_env)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Training workers hold their CPUs for the whole run; Ray Data's read/preprocess tasks
     # need slots of their own, or the input pipeline starves.
     need = int(job.train.num_workers * job.train.cpus_per_worker) + 2
-    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
-             runtime_env={"env_vars": env})
+    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False, runtime_env=runtime_env)
 
 
 def run_config(job: JobConfig, run_name: str):
@@ -73,24 +78,39 @@ def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from maskunet_platform.data.pipeline import build_dataset, execution_options
+    from maskunet_platform.data.encode import trainer_gpu_share
+    from maskunet_platform.data.pipeline import execution_options, open_source
     from maskunet_platform.train.loop import train_loop_per_worker
 
     train = job.train
     backend = train.backend if train.backend != "auto" else ("nccl" if train.use_gpu else "gloo")
-    datasets = {"train": build_dataset(job.data, base_location, split="train",
-                                       counter_name=drop_counter_name(run_name))}
+    resources = {"CPU": train.cpus_per_worker}
+    if train.use_gpu:  # a share of each GPU is left to the encode actors when they run on GPUs
+        resources["GPU"] = trainer_gpu_share(job.data)
+    # A callable: Ray Train builds the dataset at every worker-group start, so a restart
+    # inside this fit resumes the stream after the rows its checkpoint had trained on. It runs
+    # in Ray Train's controller: source and storage are opened here, with the driver's settings.
+    storage = storage_location(train.storage_path, job.data.s3_endpoint_url)
+    datasets = {"train": partial(_train_dataset, job, base_location, run_name, open_source(job.data), storage)}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "tracking": tracking,
                            "drop_counter": drop_counter_name(run_name)},
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                                     resources_per_worker={"CPU": train.cpus_per_worker}),
+                                     resources_per_worker=resources),
         torch_config=TorchConfig(backend=backend),
         run_config=run_config(job, run_name),
         datasets=datasets,
         dataset_config=DataConfig(execution_options=execution_options(job.data)),
     )
+
+
+def _train_dataset(job: JobConfig, base_location: str, run_name: str, source, storage):
+    from maskunet_platform.data.pipeline import build_dataset
+    from maskunet_platform.train.recovery import rows_trained_at_newest_checkpoint
+
+    return build_dataset(job.data, base_location, split="train", counter_name=drop_counter_name(run_name),
+                         resume_rows=rows_trained_at_newest_checkpoint(job, run_name, storage), source=source)
 
 
 def drop_counter_name(run_name: str) -> str:
@@ -99,13 +119,29 @@ def drop_counter_name(run_name: str) -> str:
 
 def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[str] = None,
               finalize: bool = True) -> TrainingOutcome:
-    """Run a whole training job: fit (resuming when the run name has checkpoints), then finalize."""
+    """Run a whole training job: fit (resuming when the run name has checkpoints), then finalize.
+
+    A base that cannot be loaded fails here, before Ray, any worker or an MLflow run starts;
+    a failure after the run was created marks that run FAILED (it resumes on the next try).
+    """
+    from maskunet_platform.train.base_check import check_base
     from maskunet_platform.train.tracking import start_or_resume_run
 
+    check_base(job.model)
     connect_ray(address, job)
     run_name = job.train.run_name or job.name
     base_location = resolve_base(job.model)
     target = start_or_resume_run(job, run_name) if job.tracking.enabled else None
+    try:
+        return _fit_and_finalize(job, run_name, target, base_location, job_yaml, finalize)
+    except BaseException:
+        if target is not None:
+            _mark_failed(target)
+        raise
+
+
+def _fit_and_finalize(job: JobConfig, run_name: str, target, base_location: str, job_yaml: Optional[str],
+                      finalize: bool) -> TrainingOutcome:
     trainer = build_trainer(job, run_name, asdict(target) if target else None, base_location)
     started = time.perf_counter()
     result = trainer.fit()
@@ -122,22 +158,26 @@ def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[
     if finalize:
         from maskunet_platform.train.finalize import finalize_run
 
-        finalize_run(job, outcome, target, base_location, job_yaml)
+        finalize_run(job, outcome, target, result.checkpoint, job_yaml)
     return outcome
 
 
+def _mark_failed(target) -> None:
+    from mlflow import MlflowClient
+
+    try:
+        MlflowClient(target.tracking_uri).set_terminated(target.run_id, "FAILED")
+    except Exception as e:  # noqa: BLE001 - the original error is the one to surface
+        log.warning("could not mark MLflow run %s FAILED: %s", target.run_id, e)
+
+
 def export_final_generator(checkpoint, job: JobConfig, run_name: str) -> Path:
-    """Copy the consolidated generator folder out of the final checkpoint to a local export dir."""
+    """Copy the consolidated generator folder (only that folder, not the DeepSpeed shards)
+    out of the final checkpoint to a local export dir."""
     import shutil
 
-    from maskunet_platform.train.checkpoint import GENERATOR_DIR
+    from maskunet_platform.train.checkpoint import download_generator
 
     out = Path(job.train.export_dir).expanduser() / run_name / "generator"
     shutil.rmtree(out, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with checkpoint.as_directory() as local:
-        src = Path(local) / GENERATOR_DIR
-        if not src.is_dir():
-            raise FileNotFoundError(f"checkpoint {checkpoint.path} has no {GENERATOR_DIR}/ folder")
-        shutil.copytree(src, out)
-    return out
+    return download_generator(checkpoint, out)

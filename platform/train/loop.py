@@ -13,10 +13,12 @@ from maskunet.training import diffusion_loss, sample_timesteps
 from maskunet_platform.config import JobConfig
 from maskunet_platform.data.stats import drop_metrics
 from maskunet_platform.train.base import DTYPES, FrozenBase, batch_inputs, load_frozen_base
-from maskunet_platform.train.checkpoint import restore_training_checkpoint, save_training_checkpoint
+from maskunet_platform.train.checkpoint import (download_for_rank, restore_training_checkpoint,
+                                                 save_training_checkpoint)
 from maskunet_platform.train.engine import Engine, build_engine, configure_worker_env
 from maskunet_platform.train.recovery import checkpoint_dir_name, checkpoint_to_resume, mark_complete
-from maskunet_platform.train.metrics import MetricWindow, realised_sparsity
+from maskunet_platform.train.metrics import MetricWindow, gather_per_rank, realised_sparsity
+from maskunet_platform.train.rng import fingerprint, resume_streams
 from maskunet_platform.train.tracking import WorkerTracker
 
 log = logging.getLogger(__name__)
@@ -44,24 +46,31 @@ class Worker:
 
 def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One micro-batch: diffusion loss of the masked U-Net + sparsity penalty, backward, step."""
-    latents, text_states = batch_inputs(w.base, batch, w.masked.device, w.masked.dtype)
+    latents, text_states = batch_inputs(w.base, batch, w.masked.device, w.masked.dtype, w.rng)
     noise = torch.randn(latents.shape, generator=w.rng).to(latents)
     timesteps = sample_timesteps(w.base.noise_scheduler, latents.shape[0], latents.device, w.rng)
     per_sample = diffusion_loss(w.engine.forward_module, w.base.noise_scheduler, latents, text_states,
                                 noise, timesteps)
-    rho = w.masked.expected_sparsity()
-    loss = per_sample.mean() + sparsity_penalty(rho, w.job.mask.target_sparsity, w.job.mask.sparsity_weight)
+    loss = per_sample.mean()
+    if w.masked.track_drop_probability:  # rho costs 4 bytes per mask entry: only when weighted
+        loss = loss + sparsity_penalty(w.masked.expected_sparsity(), w.job.mask.target_sparsity,
+                                       w.job.mask.sparsity_weight)
     w.engine.backward(loss)
     stepped = w.engine.step()
     return per_sample.detach(), timesteps, stepped
 
 
 def batches(job: JobConfig) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless micro-batches from this worker's Ray Data shard (a new pass per epoch)."""
+    """Endless micro-batches from this worker's Ray Data shard (a new pass per epoch, reading
+    the row groups in a new order), rows mixed in a local shuffle buffer (`data.shuffle_buffer`)."""
+    from maskunet_platform.data.pipeline import local_shuffle_buffer
+
     shard = ray.train.get_dataset_shard("train")
+    buffer = local_shuffle_buffer(job.data)
     while True:
         seen = 0
-        for batch in shard.iter_torch_batches(batch_size=job.data.batch_size, drop_last=True):
+        for batch in shard.iter_torch_batches(batch_size=job.data.batch_size, drop_last=True,
+                                              local_shuffle_buffer_size=buffer):
             seen += 1
             yield batch
         if not seen:
@@ -79,11 +88,12 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     torch.manual_seed(job.train.seed)  # identical generator init on every rank
     generator = MaskGenerator.from_unet(base.unet, mask_config(job)).to(device)
     masked = MaskedUNet(base.unet, generator).train()
+    masked.track_drop_probability = job.mask.sparsity_weight > 0
     if job.train.compile:
         base.unet.compile()
     engine = build_engine(masked, job.train, job.data.batch_size, world_size, device)
-    rng = torch.Generator().manual_seed(job.train.seed * 1_000_003 + rank)
-    tracker = WorkerTracker(config.get("tracking"), enabled=rank == 0)
+    rng = torch.Generator()  # seeded per rank and step in _restore
+    tracker = WorkerTracker(config.get("tracking"), enabled=rank == 0, settings=job.tracking)
     return Worker(job, base, masked, engine, rank, world_size, rng, tracker)
 
 
@@ -95,7 +105,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     log.info("rank %d: set up in %.1fs", w.rank, time.perf_counter() - started)
     train = w.job.train
     step = resume_step = _restore(w)
-    w.rng.manual_seed(train.seed * 1_000_003 + w.rank * 7919 + step)  # fresh noise after a resume
+    if resume_step:  # evidence of an exact continuation: the interrupted run logged the same values here
+        w.tracker.log_metrics(gather_per_rank({"rng/fingerprint": fingerprint(w.rng)}, w.rank, w.world_size), step)
     window = MetricWindow(train.timestep_buckets, w.base.noise_scheduler.config.num_train_timesteps)
     for batch in batches(w.job):
         if step >= train.steps:
@@ -108,7 +119,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window.add_step()
         if step % train.log_every and step % train.checkpoint_every and step != train.steps:
             continue
-        metrics = window.reduce() | _step_metrics(w, step, resume_step)
+        # Each rank's stream fingerprint: distinct per rank, and repeated by a resumed run at the same step.
+        metrics = window.reduce({"rng/fingerprint": fingerprint(w.rng)}, w.rank, w.world_size)
+        metrics |= _step_metrics(w, step, resume_step)
         if w.rank == 0 and config.get("drop_counter"):
             metrics |= drop_metrics(config["drop_counter"])
         window.reset()
@@ -119,8 +132,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def _step_metrics(w: Worker, step: int, resume_step: int) -> dict[str, float]:
     stats = w.masked.mask_stats()
-    return {"step": step, "resumed_from_step": resume_step, "train/lr": w.engine.lr,
-            "train/sparsity_realised": realised_sparsity(stats), "train/sparsity_expected": stats["rho"]}
+    metrics = {"step": step, "resumed_from_step": resume_step, "train/lr": w.engine.lr,
+               "train/sparsity_realised": realised_sparsity(stats), "train/skipped_steps": w.engine.skipped_steps}
+    if w.engine.loss_scale is not None:
+        metrics["train/loss_scale"] = w.engine.loss_scale.scale
+    if stats["rho"] is not None:
+        metrics["train/sparsity_expected"] = stats["rho"]
+    return metrics
 
 
 def _report(w: Worker, metrics: dict, step: int, checkpoint: bool) -> None:
@@ -128,15 +146,23 @@ def _report(w: Worker, metrics: dict, step: int, checkpoint: bool) -> None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="maskunet-ckpt-") as local:
-        save_training_checkpoint(w.engine, w.masked.generator, step, w.rank, w.world_size, local)
+        save_training_checkpoint(w.engine, w.masked.generator, step, w.rank, w.world_size, local, rng=w.rng)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
                          checkpoint_dir_name=checkpoint_dir_name(step))
     mark_complete(step, w.rank)
 
 
 def _restore(w: Worker) -> int:
+    """Continue from the newest checkpoint (downloading only this rank's files) and set this
+    rank's random streams (see rng.py); returns the step to continue from."""
     checkpoint = checkpoint_to_resume(w.world_size)
+    seed = w.job.train.seed
     if checkpoint is None:
+        resume_streams(w.rng, seed, w.rank, 0, None)
         return 0
-    with checkpoint.as_directory() as local:
-        return restore_training_checkpoint(w.engine, w.masked.generator, local, w.world_size)
+    with tempfile.TemporaryDirectory(prefix="maskunet-resume-") as local:
+        download_for_rank(checkpoint.filesystem, checkpoint.path, local, w.rank, w.world_size, w.engine.kind)
+        step = restore_training_checkpoint(w.engine, w.masked.generator, local, w.world_size)
+        how = resume_streams(w.rng, seed, w.rank, step, local)
+    log.info("rank %d: resumed at step %d (random streams %s)", w.rank, step, how)
+    return step

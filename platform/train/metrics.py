@@ -6,8 +6,8 @@ import torch.distributed as dist
 
 
 def bucket_of(timesteps: torch.Tensor, buckets: int, num_train_timesteps: int) -> torch.Tensor:
-    """Timestep bucket index 0..buckets-1 (bucket 0 = least noise)."""
-    return (timesteps.long().cpu() * buckets // num_train_timesteps).clamp(0, buckets - 1)
+    """Timestep bucket index 0..buckets-1 (bucket 0 = least noise), on the timesteps' device."""
+    return (timesteps.long() * buckets // num_train_timesteps).clamp(0, buckets - 1)
 
 
 def bucket_names(buckets: int, num_train_timesteps: int) -> list[str]:
@@ -23,16 +23,22 @@ def realised_sparsity(stats: dict) -> float:
 
 
 class MetricWindow:
-    """Accumulates per-sample losses by timestep bucket and throughput between two log steps."""
+    """Accumulates per-sample losses by timestep bucket and throughput between two log steps.
+
+    Sums stay on the device the losses are on; the host waits for the device only in
+    `reduce()`, at log steps, not at every micro-step.
+    """
 
     def __init__(self, buckets: int, num_train_timesteps: int):
         self.buckets, self.num_train_timesteps = buckets, num_train_timesteps
         self.names = bucket_names(buckets, num_train_timesteps)
+        self.sums: torch.Tensor | None = None
         self.reset()
 
     def reset(self) -> None:
-        # [loss_sum, count, per-bucket loss sums..., per-bucket counts...]
-        self.sums = torch.zeros(2 + 2 * self.buckets, dtype=torch.float64)
+        # [loss_sum, count, per-bucket loss sums..., per-bucket counts...], allocated on first add
+        if self.sums is not None:
+            self.sums.zero_()
         self.optimizer_steps = 0
         self.started = time.perf_counter()
 
@@ -40,22 +46,26 @@ class MetricWindow:
         self.optimizer_steps += 1
 
     def add(self, per_sample_loss: torch.Tensor, timesteps: torch.Tensor) -> None:
-        losses = per_sample_loss.detach().double().cpu()
-        index = bucket_of(timesteps, self.buckets, self.num_train_timesteps)
+        losses = per_sample_loss.detach().double()
+        if self.sums is None or self.sums.device != losses.device:
+            self.sums = torch.zeros(2 + 2 * self.buckets, dtype=torch.float64, device=losses.device)
+        index = bucket_of(timesteps.to(losses.device), self.buckets, self.num_train_timesteps)
         self.sums[0] += losses.sum()
         self.sums[1] += losses.numel()
         self.sums[2:2 + self.buckets].index_add_(0, index, losses)
         self.sums[2 + self.buckets:].index_add_(0, index, torch.ones_like(losses))
 
-    def reduce(self) -> dict[str, float]:
-        """Window metrics over all ranks (collective when a process group exists)."""
-        sums = self.sums.clone()
-        if dist.is_available() and dist.is_initialized():
-            # nccl reduces CUDA tensors only; gloo reduces CPU tensors.
-            on_gpu = dist.get_backend() == "nccl"
-            sums = sums.to(torch.device("cuda", torch.cuda.current_device())) if on_gpu else sums
-            dist.all_reduce(sums)
-            sums = sums.cpu()
+    def reduce(self, per_rank: dict[str, float] | None = None, rank: int = 0,
+               world_size: int = 1) -> dict[str, float]:
+        """Window metrics over all ranks (collective when a process group exists).
+
+        `per_rank` values (one number per name from every rank) come back as
+        `<name>_rank<r>` for every rank r, gathered in the same all-reduce.
+        """
+        per_rank = per_rank or {}
+        sums = self.sums if self.sums is not None else torch.zeros(2 + 2 * self.buckets, dtype=torch.float64)
+        packed = _all_reduce(torch.cat([sums, _rank_slots(per_rank, rank, world_size).to(sums.device)]))
+        sums, gathered = packed[:len(sums)], packed[len(sums):]  # .cpu() above: the window's one host sync
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         count = sums[1].item()
         metrics = {"train/loss": sums[0].item() / max(count, 1), "train/images_per_s": count / elapsed,
@@ -64,4 +74,32 @@ class MetricWindow:
             n = sums[2 + self.buckets + i].item()
             if n:
                 metrics[f"train/loss_{name}"] = sums[2 + i].item() / n
-        return metrics
+        return metrics | _unpack_ranks(per_rank, gathered, world_size)
+
+
+def gather_per_rank(values: dict[str, float], rank: int, world_size: int) -> dict[str, float]:
+    """`{name}_rank{r}` for every rank r (collective when a process group exists)."""
+    return _unpack_ranks(values, _all_reduce(_rank_slots(values, rank, world_size)), world_size)
+
+
+def _rank_slots(values: dict[str, float], rank: int, world_size: int) -> torch.Tensor:
+    """Zeros except this rank's slots: a sum-all-reduce then gathers every rank's values."""
+    slots = torch.zeros(len(values) * world_size, dtype=torch.float64)
+    for i, value in enumerate(values.values()):
+        slots[i * world_size + rank] = value
+    return slots
+
+
+def _unpack_ranks(values: dict[str, float], gathered: torch.Tensor, world_size: int) -> dict[str, float]:
+    return {f"{name}_rank{r}": gathered[i * world_size + r].item()
+            for i, name in enumerate(values) for r in range(world_size)}
+
+
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks when a process group exists; returned on the CPU."""
+    if dist.is_available() and dist.is_initialized():
+        # nccl reduces CUDA tensors only; gloo reduces CPU tensors.
+        on_gpu = dist.get_backend() == "nccl"
+        tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu")
+        dist.all_reduce(tensor)
+    return tensor.cpu()

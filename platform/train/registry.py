@@ -6,10 +6,14 @@ otherwise (SD1.5) the model records where to load it from (hub id / path / s3://
 import base64
 import io
 import json
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 import mlflow.pyfunc
+
+import maskunet
 
 EMBED_BASE_LIMIT = 200 * 2**20  # bytes: embed the tiny base, reference anything bigger
 
@@ -61,14 +65,38 @@ def log_and_register(run_id: str, tracking_uri: str, model_name: str, base_locat
     if base_path.is_dir() and _folder_size(base_path) <= EMBED_BASE_LIMIT:
         artifacts["base"] = str(base_path)
     mlflow.set_tracking_uri(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), _pickled_by_value(sys.modules[__name__]):
         info = mlflow.pyfunc.log_model(
             name="maskunet_pipeline", python_model=MaskUNetPyfunc(), artifacts=artifacts,
-            pip_requirements=_requirements(), input_example=None)
+            code_paths=[str(Path(maskunet.__file__).parent)], pip_requirements=requirements(),
+            input_example=None)
         return mlflow.register_model(info.model_uri, model_name, tags=tags)
 
 
-def _requirements() -> list[str]:
+# What the model imports when it loads and predicts (maskunet's own dependencies and the
+# pyfunc's); maskunet itself ships with the model as code.
+MODEL_REQUIREMENTS = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "huggingface_hub",
+                      "numpy", "pillow", "pandas", "mlflow")
+
+
+def requirements() -> list[str]:
+    """Pins of the installed versions without local labels (`2.13.0+cpu` -> `2.13.0`), so the
+    model installs on a GPU machine (PyPI's default torch wheel there is the CUDA build)."""
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("torch", "diffusers", "transformers", "safetensors", "mlflow")]
+    from packaging.version import Version
+
+    return [f"{pkg}=={Version(version(pkg)).public}" for pkg in MODEL_REQUIREMENTS]
+
+
+@contextmanager
+def _pickled_by_value(module):
+    """Pickle this module's pyfunc class by value: the model then needs `maskunet` (shipped as
+    code) but not this platform package where it is loaded."""
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        yield
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)

@@ -21,3 +21,13 @@ def test_row_groups_are_planned_split_and_read_exactly_once(tmp_path):
         got = [v for t in blocks for v in t.column("i").to_pylist()]
         assert got == list(range(100)) + list(range(10))  # every row once, in order
     assert split_fragments([Fragment("p", 0, 5, 5)], 4, 16) == [Fragment("p", 0, 5, 5)]
+
+
+def test_unaligned_ranges_read_exactly_their_rows(tmp_path):
+    pq.write_table(pa.table({"i": list(range(100))}), tmp_path / "a.parquet", row_group_size=100)
+    fs, whole = pafs.LocalFileSystem(), plan_fragments([str(tmp_path / "a.parquet")], pafs.LocalFileSystem(), ["i"])[0]
+    for start, rows in ((0, 100), (5, 10), (30, 37), (64, 36), (99, 1)):
+        got = [v for t in read_fragment(whole.part(start, rows), fs, ["i"], 16) for v in t.column("i").to_pylist()]
+        assert got == list(range(start, start + rows))
+    pieces = split_fragments([whole.part(40, 60)], 3, rows_per_block=16)  # cut from its own start
+    assert [(p.start, p.num_rows) for p in pieces] == [(40, 32), (72, 28)]

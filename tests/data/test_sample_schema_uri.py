@@ -1,6 +1,9 @@
 """Sample generator, schema checks, URI resolution and the config section (no Ray)."""
 import io
+import logging
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -109,3 +112,37 @@ def test_data_section_validates():
         DataSection(crop="corner")
     with pytest.raises(ValidationError, match="extra"):
         DataSection(sauce="s3://x")
+
+
+def test_a_folder_of_hub_splits_lists_only_its_train_files(tmp_path, caplog):
+    # The laion-art Hub layout: data/train-0000k-of-00003.parquet next to data/test-*.parquet.
+    train = write_sample(str(tmp_path / "data"), rows=6, shards=3)
+    for k in range(2):
+        pq.write_table(sample_table(2, seed=9, start=k * 2), tmp_path / "data" / f"test-{k:05d}-of-00002.parquet")
+    with caplog.at_level(logging.INFO, logger="maskunet.data"):
+        listed = list_parquet_files(resolve_source(str(tmp_path / "data")))
+    assert listed == sorted(train)
+    assert "reading only its 3 train files, not 2 others" in caplog.text and "train, test" in caplog.text
+    explicit = list_parquet_files(resolve_source(str(tmp_path / "data" / "test-*.parquet")))  # a glob is as named
+    assert [p.rsplit("/", 1)[1] for p in explicit] == ["test-00000-of-00002.parquet", "test-00001-of-00002.parquet"]
+    assert list_parquet_files(resolve_source(str(tmp_path / "data" / "train-*.parquet"))) == listed
+    # Split folders (train/, validation/) work the same; a folder without splits is read whole.
+    for split in ("train", "validation"):
+        write_sample(str(tmp_path / "dirs" / split), rows=2, shards=1)
+    assert [p.split("/")[-2] for p in list_parquet_files(resolve_source(str(tmp_path / "dirs")))] == ["train"]
+    for name in ("part-0.parquet", "trainer.parquet"):  # "trainer" is not a split name
+        pq.write_table(sample_table(2, seed=1), tmp_path / name)
+        shutil.copy(tmp_path / name, tmp_path / "dirs" / name)
+    assert len(list_parquet_files(resolve_source(str(tmp_path / "dirs")))) == 1  # other files: not train
+    (tmp_path / "plain").mkdir()
+    for name in ("part-0.parquet", "trainer.parquet"):
+        shutil.move(tmp_path / name, tmp_path / "plain" / name)
+    assert len(list_parquet_files(resolve_source(str(tmp_path / "plain")))) == 2
+
+
+def test_sd15_job_reads_only_the_train_shards_of_laion_art():
+    from maskunet_platform.config.job import load_job
+
+    job = load_job(Path(__file__).parents[2] / "jobs" / "sd15-laion-art.yaml")
+    assert job.data.source == "hf://datasets/fantasyfish/laion-art/data/train-*.parquet"
+    assert resolve_source(job.data.source).path.endswith("/data/train-*.parquet")

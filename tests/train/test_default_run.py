@@ -28,6 +28,14 @@ def test_masked_beats_base_on_held_out_data(default_run):
     assert 0 < outcome.metrics["train/sparsity_realised"] < 1
 
 
+def test_evaluation_and_samples_ran_in_a_ray_task_not_the_driver(default_run):
+    import os
+
+    _, outcome = default_run
+    assert outcome.post_training_where and f"pid {os.getpid()}" not in outcome.post_training_where
+    assert {"eval (cpu)", "samples (cpu)", "post_training_task"} <= set(outcome.timings)
+
+
 def test_mlflow_run_params_metrics_artifacts(default_run, client):
     job, outcome = default_run
     run = client.get_run(outcome.mlflow_run_id)

@@ -86,6 +86,7 @@ def test_worker_kill_resumes_from_s3_checkpoint(s3, ray_local, mlflow_server, ma
     logged = _logged_steps(client, first.mlflow_run_id)
     assert sorted(set(logged)) == list(range(5, STEPS + 1, 5))
     assert set(_train_worker_pids()).isdisjoint(victims)
+    _assert_random_streams_continue(client, first.mlflow_run_id, resumed_from)
 
     # Each rank's DeepSpeed shard and the consolidated generator are in the S3 checkpoint.
     final = f"{bucket}/runs/resume/checkpoint_step{STEPS:08d}"
@@ -102,3 +103,20 @@ def test_worker_kill_resumes_from_s3_checkpoint(s3, ray_local, mlflow_server, ma
     assert more.metrics["resumed_from_step"] == STEPS and more.metrics["step"] == STEPS + 4
     assert more.mlflow_run_id == first.mlflow_run_id  # the unfinished MLflow run continues
     assert max(_logged_steps(client, more.mlflow_run_id)) == STEPS + 4
+    _assert_random_streams_continue(client, more.mlflow_run_id, STEPS)
+
+
+def _assert_random_streams_continue(client, run_id: str, resumed_from: int) -> None:
+    """Each rank logs a fingerprint of its random streams at log steps, and again right after a
+    restore: a resumed rank must hold exactly the state the interrupted run had at that step
+    (so it draws what an uninterrupted run would have), and ranks never share a stream."""
+    ranks = []
+    for rank in (0, 1):
+        by_step: dict[int, list[float]] = {}
+        for m in client.get_metric_history(run_id, f"rng/fingerprint_rank{rank}"):
+            by_step.setdefault(m.step, []).append(m.value)
+        assert len(by_step[resumed_from]) >= 2, (rank, by_step)  # at the checkpoint, and after the restore
+        assert all(len(set(values)) == 1 for values in by_step.values()), (rank, by_step)
+        assert len({values[0] for values in by_step.values()}) == len(by_step)  # no step replays another
+        ranks.append(by_step)
+    assert all(ranks[0][step] != ranks[1][step] for step in ranks[0])

@@ -15,7 +15,7 @@ def test_local_job_is_zero2_over_gloo_on_two_cpu_workers():
     assert (job.train.num_workers, job.train.use_gpu, job.train.backend) == (2, False, "gloo")
     assert job.train.deepspeed.enabled and job.train.deepspeed.zero_stage == 2
     sd15 = load_job(LOCAL_JOB.parent / "sd15-laion-art.yaml")
-    assert sd15.model.base == "runwayml/stable-diffusion-v1-5" and sd15.train.lr == 1e-5
+    assert sd15.model.base == "stable-diffusion-v1-5/stable-diffusion-v1-5" and sd15.model.revision and sd15.train.lr == 1e-5
     assert (sd15.train.num_workers, sd15.data.batch_size, sd15.train.steps) == (8, 4, 7000)
 
 
@@ -109,3 +109,23 @@ def test_ddp_checkpoint_round_trip(tmp_path):
         assert torch.equal(a, b), name
     state = other_engine.optimizer.state_dict()["state"]
     assert state and all(int(s["step"]) == 1 for s in state.values())
+
+
+def test_rows_trained_at_newest_complete_checkpoint(tmp_path, make_job):
+    """The data stream of a restart resumes after the rows of the newest *complete* checkpoint."""
+    import json
+
+    from maskunet_platform.train.launcher import storage_location
+    from maskunet_platform.train.recovery import checkpoint_dir_name, rows_trained_at_newest_checkpoint
+
+    job = make_job("rows", f"train.storage_path={tmp_path}", "data.batch_size=4",
+                   "train.deepspeed.gradient_accumulation_steps=2")
+    storage = storage_location(job.train.storage_path)
+    assert rows_trained_at_newest_checkpoint(job, "rows", storage) == 0
+    for step, ranks in [(10, 2), (20, 1)]:  # step 20: only rank 0 finished uploading
+        folder = tmp_path / "rows" / checkpoint_dir_name(step)
+        folder.mkdir(parents=True)
+        (folder / "train_state.json").write_text(json.dumps({"step": step, "world_size": 2}))
+        for rank in range(ranks):
+            (folder / f".complete_rank{rank:05d}").write_text("ok")
+    assert rows_trained_at_newest_checkpoint(job, "rows", storage) == 10 * 4 * 2 * 2
