@@ -6,6 +6,7 @@ each sample's own mask.
 """
 from pathlib import Path
 
+import torch
 from diffusers import StableDiffusionPipeline
 
 from maskunet.generator import MaskGenerator
@@ -34,6 +35,9 @@ class MaskUNetPipeline(StableDiffusionPipeline):
         """Load a Stable Diffusion folder or hub id, plus an optional mask-generator folder."""
         generator = MaskGenerator.from_pretrained(masks) if isinstance(masks, (str, Path)) else masks
         kwargs.setdefault("requires_safety_checker", False)
+        # One dtype for every component: transformers loads a checkpoint in its stored dtype
+        # (fp16 folders stay fp16), diffusers in fp32, and the mixed pipeline cannot run.
+        kwargs.setdefault("dtype", torch.float32)
         pipe = cls.from_pretrained(base, mask_generator=generator, **kwargs)
         if generator is not None:
             pipe.mask_generator.to(device=pipe.unet.device)

@@ -114,7 +114,7 @@ def load_in_fresh_process(model_uri: str) -> dict:
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200)
     if proc.returncode:
-        raise RuntimeError(f"loading {model_uri} in a fresh process failed:\n{proc.stderr[-3000:]}")
+        return {"error": proc.stderr.strip().splitlines()[-1], "image": None}
     return {**json.loads(proc.stdout.strip().splitlines()[-1]), "seconds": round(time.perf_counter() - started)}
 
 

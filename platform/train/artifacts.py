@@ -46,7 +46,7 @@ def sample_grid_png(base_location: str, generator_dir: str | Path, prompts: list
     from maskunet import MaskUNetPipeline
 
     # The base in the training precision; the mask generator stays fp32 (from_base loads it so).
-    pipe = MaskUNetPipeline.from_base(base_location, masks=str(generator_dir), torch_dtype=dtype).to(device)
+    pipe = MaskUNetPipeline.from_base(base_location, masks=str(generator_dir), dtype=dtype).to(device)
     pipe.set_progress_bar_config(disable=True)
     rows = []
     for i, prompt in enumerate(prompts):

@@ -73,3 +73,14 @@ def test_cli_init_base_and_generate(tmp_path, nontrivial_masks):
     assert "masks on" in result.output and Image.open(out).size == (64, 64)
     missing = runner.invoke(cli, ["generate", "x", "--base", str(tmp_path / "nope"), "--out", str(out)])
     assert missing.exit_code != 0 and "cannot load base" in missing.output
+
+
+def test_an_fp16_base_folder_loads_in_one_dtype(tmp_path, tiny_base, nontrivial_masks):
+    """transformers keeps a checkpoint's stored dtype, diffusers loads fp32: from_base must
+    load every component in one dtype, or a fp16 folder cannot generate."""
+    import torch
+
+    MaskUNetPipeline.from_base(tiny_base).to(torch.float16).save_pretrained(tmp_path / "fp16")
+    pipe = MaskUNetPipeline.from_base(tmp_path / "fp16", masks=nontrivial_masks)
+    assert {pipe.unet.dtype, pipe.text_encoder.dtype, pipe.vae.dtype} == {torch.float32}
+    assert run(pipe, "a red circle", seed=0, height=32, width=32).shape == (1, 32, 32, 3)
