@@ -95,13 +95,18 @@ def kill_a_worker_after_first_checkpoint(job, stop: threading.Event, killed: lis
             names = [p.rsplit("/", 1)[-1] for p in fs.ls(prefix, refresh=True)]
         except FileNotFoundError:
             names = []
-        ready = [n for n in names if n.startswith("checkpoint_step")]
+        ready = [n for n in names if n.startswith("checkpoint_step") and _complete(fs, f"{prefix}/{n}", job)]
         if ready and (pids := worker_pids()):
-            time.sleep(2)  # let the markers land; the kill must hit a running step
             os.kill(pids[-1], signal.SIGKILL)
             killed.append((pids[-1], ready[0], time.strftime("%H:%M:%S")))
             return
         time.sleep(1)
+
+
+def _complete(fs, folder: str, job) -> bool:
+    """Every rank has finished uploading this checkpoint (its completion marker is there)."""
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls(folder, refresh=True)}
+    return all(f".complete_rank{rank:05d}" in names for rank in range(job.train.num_workers))
 
 
 def load_in_fresh_process(model_uri: str) -> dict:

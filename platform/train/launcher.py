@@ -27,6 +27,23 @@ class TrainingOutcome:
     eval: Optional[dict] = None
     timings: dict = field(default_factory=dict)  # stage -> seconds
     post_training_where: str = ""  # where evaluation and samples ran (a Ray task, not the driver)
+    action: str = "new"  # new | resume | extend | finished (see runs.py)
+    why: str = ""  # what happened to the run and why, one sentence
+    tracking_uri: Optional[str] = None
+    experiment_id: Optional[str] = None
+    registered_model_name: Optional[str] = None
+    log_file: Optional[str] = None
+
+    @classmethod
+    def from_record(cls, plan) -> "TrainingOutcome":
+        """A finished run's outcome as its record keeps it."""
+        result = (plan.record or {}).get("result") or {}
+        known = {k: v for k, v in result.items() if k in cls.__dataclass_fields__}
+        known.setdefault("run_name", plan.run_name)
+        known.setdefault("checkpoint_path", "")
+        known.setdefault("generator_dir", "")
+        known.setdefault("metrics", {})
+        return cls(**{**known, "action": "finished", "why": plan.why})
 
 
 def connect_ray(address: Optional[str], job: JobConfig) -> None:
@@ -62,7 +79,7 @@ def run_config(job: JobConfig, run_name: str):
     )
 
 
-def storage_location(storage_path: str, endpoint_url: Optional[str] = None):
+def storage_location(storage_path: str, endpoint_url: Optional[str] = None, create: bool = True):
     """(path, pyarrow filesystem or None): s3:// goes through an explicit S3 filesystem so an
     S3-compatible endpoint (AWS_ENDPOINT_URL, moto, MinIO) is honoured on every node."""
     if storage_path.startswith("s3://"):
@@ -70,16 +87,18 @@ def storage_location(storage_path: str, endpoint_url: Optional[str] = None):
 
         return storage_path[len("s3://"):].rstrip("/"), s3_filesystem(endpoint_url)
     local = Path(storage_path).expanduser().resolve()
-    local.mkdir(parents=True, exist_ok=True)
+    if create:
+        local.mkdir(parents=True, exist_ok=True)
     return str(local), None
 
 
-def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_location: str):
+def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_location: str, board=None):
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from maskunet_platform.data.encode import trainer_gpu_share
     from maskunet_platform.data.pipeline import execution_options, open_source
+    from maskunet_platform.data.stats import drop_counter
     from maskunet_platform.train.loop import train_loop_per_worker
 
     train = job.train
@@ -91,11 +110,12 @@ def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_
     # inside this fit resumes the stream after the rows its checkpoint had trained on. It runs
     # in Ray Train's controller: source and storage are opened here, with the driver's settings.
     storage = storage_location(train.storage_path, job.data.s3_endpoint_url)
+    drop_counter(drop_counter_name(run_name))  # owned by the driver: outlives worker-group restarts
     datasets = {"train": partial(_train_dataset, job, base_location, run_name, open_source(job.data), storage)}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "tracking": tracking,
-                           "drop_counter": drop_counter_name(run_name)},
+                           "drop_counter": drop_counter_name(run_name), "progress": board},
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend=backend),
@@ -118,33 +138,77 @@ def drop_counter_name(run_name: str) -> str:
 
 
 def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[str] = None,
-              finalize: bool = True) -> TrainingOutcome:
-    """Run a whole training job: fit (resuming when the run name has checkpoints), then finalize.
+              finalize: bool = True, plan=None, progress=None, log_file: Optional[str] = None,
+              base_checked: bool = False) -> TrainingOutcome:
+    """Run a whole training job as `plan` (default: `runs.plan_run(job)`) says: a new run, a
+    resumed or extended one (fit continues from its newest checkpoint), then finalize. A run
+    that already finished is returned from its record without starting anything.
 
     A base that cannot be loaded fails here, before Ray, any worker or an MLflow run starts;
     a failure after the run was created marks that run FAILED (it resumes on the next try).
+    `progress` (console.progress.Progress) receives stages and training steps.
     """
+    from maskunet_platform.console.progress import Progress
     from maskunet_platform.train.base_check import check_base
+    from maskunet_platform.train.runs import RunStorage, now, plan_run
     from maskunet_platform.train.tracking import start_or_resume_run
 
-    check_base(job.model)
-    connect_ray(address, job)
-    run_name = job.train.run_name or job.name
-    base_location = resolve_base(job.model)
-    target = start_or_resume_run(job, run_name) if job.tracking.enabled else None
+    plan = plan or plan_run(job)
+    if plan.action == "finished":
+        return TrainingOutcome.from_record(plan)
+    if not base_checked:
+        check_base(job.model)
+    watch = progress is not None
+    progress = progress or Progress()
+    progress.line(plan.why)
+    if plan.warning:
+        progress.warn(plan.warning)
+    with progress.stage("start Ray"):
+        connect_ray(address, job)
+    with progress.stage("base model"):
+        base_location = resolve_base(job.model)
+    target = start_or_resume_run(job, plan.run_name, plan.fingerprint, reopen=plan.action == "extend") \
+        if job.tracking.enabled else None
+    storage = RunStorage(job)
+    # A run keeps the fingerprint it was created with (an extension with more steps does not rename it).
+    storage.write_record(plan.run_name, status="running", job=job.name,
+                         fingerprint=(plan.record or {}).get("fingerprint", plan.fingerprint),
+                         steps=job.train.steps, started_at=(plan.record or {}).get("started_at", now()),
+                         mlflow_run_id=target.run_id if target else None)
     try:
-        return _fit_and_finalize(job, run_name, target, base_location, job_yaml, finalize)
-    except BaseException:
+        outcome = _fit_and_finalize(job, plan.run_name, target, base_location, job_yaml, finalize, progress,
+                                    live=watch)
+    except BaseException as e:
         if target is not None:
             _mark_failed(target)
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        storage.write_record(plan.run_name, status="failed", error=first_line[:300])
         raise
+    outcome.action, outcome.why, outcome.log_file = plan.action, plan.why, log_file
+    if target is not None:
+        outcome.tracking_uri, outcome.experiment_id = target.tracking_uri, target.experiment_id
+        outcome.registered_model_name = job.tracking.registered_model_name if outcome.model_version else None
+    if finalize:
+        storage.write_record(plan.run_name, status="finished", finished_at=now(), result=asdict(outcome))
+    return outcome
 
 
 def _fit_and_finalize(job: JobConfig, run_name: str, target, base_location: str, job_yaml: Optional[str],
-                      finalize: bool) -> TrainingOutcome:
-    trainer = build_trainer(job, run_name, asdict(target) if target else None, base_location)
-    started = time.perf_counter()
-    result = trainer.fit()
+                      finalize: bool, progress, live: bool) -> TrainingOutcome:
+    """Fit (with `live`, rank 0's steps reach `progress` while fit() blocks), export, finalize."""
+    from maskunet_platform.console.train_progress import BoardWatcher, ProgressBoard
+
+    board = ProgressBoard.remote() if live else None
+    trainer = build_trainer(job, run_name, asdict(target) if target else None, base_location, board)
+    watcher = BoardWatcher(board, progress, job.train.steps).start() if board is not None else None
+    started, fitted = time.perf_counter(), False
+    try:
+        result = trainer.fit()
+        fitted = result.error is None
+    finally:
+        if watcher is not None:
+            watcher.stop(ok=fitted)
+            ray.kill(board)
     fit_seconds = time.perf_counter() - started
     if result.error is not None:
         raise RuntimeError(f"training run {run_name!r} failed: {result.error}") from result.error
@@ -152,13 +216,14 @@ def _fit_and_finalize(job: JobConfig, run_name: str, target, base_location: str,
         raise RuntimeError(f"training run {run_name!r} finished without a checkpoint")
     outcome = TrainingOutcome(run_name, result.checkpoint.path, "", dict(result.metrics or {}))
     outcome.timings["fit"] = fit_seconds
-    outcome.generator_dir = str(export_final_generator(result.checkpoint, job, run_name))
+    with progress.stage("export generator"):
+        outcome.generator_dir = str(export_final_generator(result.checkpoint, job, run_name))
     if target is not None:
         outcome.mlflow_run_id = target.run_id
     if finalize:
         from maskunet_platform.train.finalize import finalize_run
 
-        finalize_run(job, outcome, target, result.checkpoint, job_yaml)
+        finalize_run(job, outcome, target, result.checkpoint, job_yaml, progress)
     return outcome
 
 
