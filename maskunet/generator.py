@@ -43,15 +43,20 @@ class LayerAdapter(nn.Module):
         self.b_out = nn.Parameter(torch.full((out_features,), float(logit_bias)))
         self.b_in = nn.Parameter(torch.zeros(fan_in))
 
-    def forward(self, code: torch.Tensor) -> torch.Tensor:
+    def forward(self, code: torch.Tensor, compute_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """fp32 logits. The low-rank expansion may run in `compute_dtype` (the base's precision):
+        its terms are small, so bf16 costs ~0.4% of them, while the logit-scale sum (the +5
+        bias, whose small updates bf16 could not represent) and all that follows stay fp32."""
         (out_f, code_out), (fan_in, code_in) = self.a_out.shape, self.a_in.shape
+        dtype = compute_dtype or self.a_out.dtype
+        a_out, a_in, code = self.a_out.to(dtype), self.a_in.to(dtype), code.to(dtype)
         # Multiply in the cheaper order: (A_out M) A_in^T vs A_out (M A_in^T).
         if out_f * code_in * (code_out + fan_in) <= fan_in * code_out * (code_in + out_f):
-            expanded = (self.a_out @ code) @ self.a_in.T
+            expanded = (a_out @ code) @ a_in.T
         else:
-            expanded = self.a_out @ (code @ self.a_in.T)
-        # In place: matmul saves its inputs, not its output, so no full-size temporaries here.
-        return expanded.add_(self.b_out[:, None]).add_(self.b_in[None, :])
+            expanded = a_out @ (code @ a_in.T)
+        # In place: matmul saves its inputs, not its output, so no further full-size temporaries.
+        return expanded.float().add_(self.b_out.float()[:, None]).add_(self.b_in.float()[None, :])
 
 
 class BlockCodeGenerator(nn.Module):
@@ -163,9 +168,10 @@ class MaskGenerator(ModelMixin, ConfigMixin):
         """The low-resolution mask code (B, O', I') of one up-block."""
         return self.codes[str(block_index)](hidden, skip, temb)
 
-    def layer_logits(self, layer_name: str, code: torch.Tensor) -> torch.Tensor:
-        """Mask logits (B, out, fan_in) of one masked layer from its block's code."""
-        return self.adapters[_module_key(layer_name)](code)
+    def layer_logits(self, layer_name: str, code: torch.Tensor, compute_dtype: torch.dtype | None = None
+                     ) -> torch.Tensor:
+        """fp32 mask logits (B, out, fan_in) of one masked layer from its block's code."""
+        return self.adapters[_module_key(layer_name)](code, compute_dtype)
 
     def block_logits(
         self, block_index: int, hidden: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor

@@ -51,8 +51,9 @@ def _masked_weight(weight: torch.Tensor, hard: torch.Tensor, dtype: torch.dtype)
 
 
 def _mask_grad(grad_weights: torch.Tensor, weight: torch.Tensor, hard_shape: torch.Size) -> torch.Tensor:
-    """d loss / d mask from d loss / d (W * m): times W, summed over a kernel window if per kernel."""
-    grad = grad_weights.float().mul_(weight.float())
+    """fp32 d loss / d mask from d loss / d (W * m) (overwritten): times W, summed over a kernel
+    window if per kernel. The product is taken in the compute dtype, then widened once."""
+    grad = grad_weights.mul_(weight.to(grad_weights.dtype)).float()
     if grad[0].numel() != hard_shape[1:].numel():
         grad = grad.flatten(3).sum(-1)  # per-kernel mask: the window shares one entry
     return grad.reshape(hard_shape)

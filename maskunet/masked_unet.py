@@ -82,15 +82,18 @@ class MaskedUNet(nn.Module):
         skips = kwargs["res_hidden_states_tuple"] if "res_hidden_states_tuple" in kwargs else args[1]
         temb = kwargs["temb"] if "temb" in kwargs else args[2]
         # diffusers' up-blocks consume skips from the end: the first resnet gets skips[-1].
-        # The generator, its logits, noise and scores stay fp32 under autocast (see gumbel.py).
-        with torch.autocast(hidden.device.type, enabled=False):
+        # The generator, its logits, noise and scores stay fp32 under autocast (see gumbel.py);
+        # only the adapters' low-rank expansion runs in the base's precision (see LayerAdapter).
+        device = hidden.device.type
+        compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+        with torch.autocast(device, enabled=False):
             code = self.generator.block_code(index, hidden, skips[-1], temb)
         cfg = self.generator.config
         stochastic = self.generator.training if self.stochastic is None else self.stochastic
         z_min = keep_threshold(1.0, cfg.threshold)  # scores are already divided by tau
         for name, module in layers:  # each layer computes its logits when it runs
-            module.mask = LayerMask(partial(self.generator.layer_logits, name, code), cfg.tau, z_min, stochastic,
-                                    partial(self._record, name, z_min))
+            logits = partial(self.generator.layer_logits, name, code, compute_dtype)
+            module.mask = LayerMask(logits, cfg.tau, z_min, stochastic, partial(self._record, name, z_min))
 
     def _record(self, name: str, z_min: float, logits: torch.Tensor, scores: torch.Tensor) -> None:
         """Per-layer statistics of this call: small tensors only, no host sync."""

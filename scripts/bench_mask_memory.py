@@ -47,12 +47,12 @@ def step(masked: MaskedUNet, scheduler, batch: int, dtype, sparsity_weight: floa
 
 def saved_mask_bytes(masked, scheduler, batch, dtype, sparsity_weight) -> dict[str, int]:
     shapes = {tuple(m.weight.shape[:2]) for _, m in masked.masked_layers()}
+    params = {p.untyped_storage().data_ptr() for p in masked.parameters()}  # frozen W (and views): no extra
     seen, by_dtype = set(), {}
 
     def pack(t: torch.Tensor):
         key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
-        mask_shaped = t.dim() >= 2 and tuple(t.shape[-2:]) in shapes
-        if mask_shaped and not isinstance(t, torch.nn.Parameter) and key not in seen:  # frozen W is no extra
+        if t.dim() >= 2 and tuple(t.shape[-2:]) in shapes and key[0] not in params and key not in seen:
             seen.add(key)
             by_dtype[str(t.dtype)] = by_dtype.get(str(t.dtype), 0) + key[1]
         return t
