@@ -13,6 +13,7 @@ Masks have a batch dimension: (B, out, fan_in) for one mask per sample, or (1, o
 fan_in) for one mask shared by the batch (a plain F.linear / conv2d then). Convolution
 masks are per kernel, (B, out, in): a whole k x k kernel is kept or dropped.
 """
+import contextlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,12 +35,23 @@ class LayerMask:
     on_scores: Callable[[torch.Tensor, torch.Tensor], None] | None = None  # (logits, z): statistics
 
 
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The active autocast dtype on this device type, None when off (or not available, e.g. meta)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def autocast_off(device_type: str):
+    """A context that disables autocast on this device type (nothing to disable where unavailable)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     """What F.linear would compute in: the autocast dtype when autocast is on, else W's."""
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return weight.dtype
+    return autocast_dtype(x.device.type) or weight.dtype
 
 
 def _masked_weight(weight: torch.Tensor, hard: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -133,7 +145,7 @@ class MaskedForward(torch.autograd.Function):
             derivative = sigmoid_derivative(scores)
             saved = torch.where(hard, derivative, -derivative).to(torch.bfloat16)
             del derivative
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             x = x.to(dtype)
             bias = None if bias is None else bias.to(dtype)
             out = op.forward(x, _masked_weight(weight, hard, dtype), bias, layer)
@@ -147,7 +159,7 @@ class MaskedForward(torch.autograd.Function):
         x, weight, saved = ctx.saved_tensors
         hard = ~torch.signbit(saved) if ctx.has_scores else saved
         need_x, need_w, need_b, need_scores = ctx.needs_input_grad[:4]
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x.device.type):
             grad_out = grad_out.to(ctx.dtype)
             weights = _masked_weight(weight, hard, ctx.dtype)
             grad_x, grad_weights = ctx.op.grads(x, weights, grad_out, ctx.layer, need_x)
@@ -168,7 +180,7 @@ class MaskedForward(torch.autograd.Function):
 
 def masked_forward(layer, x: torch.Tensor, mask: LayerMask) -> torch.Tensor:
     """Run `layer` with the mask `mask` describes: logits -> scores -> masked op, all here."""
-    with torch.autocast(x.device.type, enabled=False):  # the mask path stays fp32 (see gumbel.py)
+    with autocast_off(x.device.type):  # the mask path stays fp32 (see gumbel.py)
         logits = mask.logits()
         scores = mask_scores(logits, mask.tau, mask.stochastic)
     if mask.on_scores is not None:

@@ -14,7 +14,7 @@ from torch import nn
 from maskunet.generator import MaskGenerator
 from maskunet.gumbel import keep_probability, keep_threshold
 from maskunet.layers import install_masked_layer, remove_masked_layer, select_layers
-from maskunet.masked_ops import LayerMask
+from maskunet.masked_ops import LayerMask, autocast_dtype, autocast_off
 
 
 class MaskedUNet(nn.Module):
@@ -85,8 +85,8 @@ class MaskedUNet(nn.Module):
         # The generator, its logits, noise and scores stay fp32 under autocast (see gumbel.py);
         # only the adapters' low-rank expansion runs in the base's precision (see LayerAdapter).
         device = hidden.device.type
-        compute_dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
-        with torch.autocast(device, enabled=False):
+        compute_dtype = autocast_dtype(device) or hidden.dtype
+        with autocast_off(device):
             code = self.generator.block_code(index, hidden, skips[-1], temb)
         cfg = self.generator.config
         stochastic = self.generator.training if self.stochastic is None else self.stochastic
