@@ -1,14 +1,22 @@
-"""`maskunet` command line: one group, subcommands registered from their modules."""
+"""`maskunet` command line: one group, subcommands registered from their modules.
+
+Console output (progress, summaries, --json, log files, exit codes) is owned by
+`maskunet_platform.console`; every command runs inside one of its sessions."""
 import click
 
-from maskunet_platform.commands.model import generate, init_base
 from maskunet_platform.commands.data import data
+from maskunet_platform.commands.model import generate, init_base
 from maskunet_platform.commands.train import evaluate, train
+from maskunet_platform.commands.ui import ui
+from maskunet_platform.console.errors import MaskunetGroup
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MaskunetGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Train, sweep, promote and serve MaskUNet models."""
+    """Train, sweep, promote and serve MaskUNet models.
+
+    Exit codes: 0 success, 1 failure at run time, 2 invalid input. Library output goes to a
+    log file named in each command's summary; -v shows everything, -q only the summary."""
 
 
 main.add_command(init_base)
@@ -16,6 +24,7 @@ main.add_command(generate)
 main.add_command(data)
 main.add_command(train)
 main.add_command(evaluate)
+main.add_command(ui)
 
 if __name__ == "__main__":
     main()

@@ -3,18 +3,25 @@ from pathlib import Path
 
 import click
 
+from maskunet_platform.console.errors import InvalidInput
+from maskunet_platform.console.session import Session, console_command
+from maskunet_platform.console.summary import Summary
+
 
 @click.command("init-base")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder to write")
 @click.option("--seed", default=0, show_default=True, help="seed of the random weights")
-def init_base(out_dir: str, seed: int) -> None:
+@console_command("init-base")
+def init_base(session: Session, out_dir: str, seed: int) -> None:
     """Write the tiny offline SD-architecture base pipeline (random weights, local tokenizer)."""
     from maskunet.tiny import save_tiny_base
 
     if Path(out_dir, "model_index.json").exists():
-        raise click.ClickException(f"{out_dir} already holds a pipeline; choose an empty folder")
-    path = save_tiny_base(out_dir, seed=seed)
-    click.echo(f"tiny base written to {path}")
+        raise InvalidInput(f"{out_dir} already holds a pipeline; choose an empty folder")
+    with session.progress.stage("write the tiny base"):
+        path = save_tiny_base(out_dir, seed=seed)
+    session.finish(Summary(f"maskunet init-base: tiny base written to {path}", data={"path": str(path)}),
+                   next_step=f"maskunet generate \"a red circle\" --base {path} --out out.png")
 
 
 @click.command()
@@ -23,26 +30,38 @@ def init_base(out_dir: str, seed: int) -> None:
 @click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False), help="mask-generator folder")
 @click.option("--no-masks", is_flag=True, help="run the plain base U-Net even when --masks is given")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--steps", default=25, show_default=True, help="denoising steps")
+@click.option("--steps", default=25, show_default=True, type=click.IntRange(min=1), help="denoising steps")
 @click.option("--guidance", default=7.5, show_default=True, help="classifier-free guidance scale")
 @click.option("--size", default=None, type=int, help="image height and width (default: the model's)")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="PNG to write")
-def generate(prompt, base, masks, no_masks, seed, steps, guidance, size, out_file) -> None:
+@console_command("generate")
+def generate(session: Session, prompt, base, masks, no_masks, seed, steps, guidance, size, out_file) -> None:
     """Generate one image for PROMPT with the masked (or plain) U-Net."""
     import torch
 
     from maskunet import MaskUNetPipeline
 
     try:
-        pipe = MaskUNetPipeline.from_base(base, masks=masks)
+        with session.progress.stage("load the pipeline"):
+            pipe = MaskUNetPipeline.from_base(base, masks=masks)
     except (OSError, ValueError) as e:
-        raise click.ClickException(f"cannot load base {base!r} / masks {masks!r}: {e}") from None
+        raise InvalidInput(f"cannot load base {base!r} / masks {masks!r}: {e}") from None
     if pipe.masked_unet is not None:
         pipe.masks_enabled = not no_masks
-    image = pipe(
-        prompt, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-        generator=torch.Generator().manual_seed(seed),
-    ).images[0]
+    pipe.set_progress_bar_config(disable=True)  # our own progress below
+    denoise = session.progress.steps("denoise", steps)
+
+    def on_step(_pipe, index, _timestep, tensors):
+        denoise.update(index + 1)
+        return tensors
+
+    image = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                 generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step).images[0]
+    denoise.done()
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     image.save(out_file)
-    click.echo(f"wrote {out_file} ({image.width}x{image.height}, masks {'on' if pipe.masks_enabled else 'off'})")
+    masks_state = "on" if pipe.masks_enabled else "off"
+    summary = Summary(f"maskunet generate: wrote {out_file} ({image.width}x{image.height}, masks {masks_state})",
+                      data={"out": str(out_file), "width": image.width, "height": image.height,
+                            "masks": masks_state, "seed": seed, "steps": steps})
+    session.finish(summary)

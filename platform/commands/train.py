@@ -1,22 +1,21 @@
 """`maskunet train` and `maskunet eval`."""
-import json
-import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
+from maskunet_platform.console.errors import InvalidInput
+from maskunet_platform.console.session import Session, console_command
+from maskunet_platform.console.summary import Summary
+
 DEFAULT_JOB = Path(__file__).resolve().parents[2] / "jobs" / "local.yaml"
-
-
-class InvalidInput(click.ClickException):
-    """Bad input (config, base model): one line naming the field, exit code 2."""
-
-    exit_code = 2
 SAMPLE_ROWS = 320
+TITLES = {"new": "trained (new run)", "resume": "trained (resumed an unfinished run)",
+          "extend": "trained (extended a finished run)", "finished": "already finished: not trained again"}
 
 
-def _load(config_path: Optional[str], overrides: tuple[str, ...]):
+def load_job_or_fail(config_path: Optional[str], overrides: tuple[str, ...]):
+    """(job, YAML text); a missing file or a bad field is InvalidInput (exit 2)."""
     from maskunet_platform.config import ConfigError, load_job
 
     path = Path(config_path) if config_path else DEFAULT_JOB
@@ -28,44 +27,94 @@ def _load(config_path: Optional[str], overrides: tuple[str, ...]):
         raise InvalidInput(str(e)) from None
 
 
-def _ensure_sample_data(job) -> None:
+def _ensure_sample_data(job, session: Session) -> None:
     """The embedded default reads local sample data; write it when the folder is missing."""
     source = job.data.source
     if "://" in source or Path(source).expanduser().exists():
         return
     from maskunet_platform.data.sample import write_sample
 
-    click.echo(f"writing {SAMPLE_ROWS} rows of sample laion-art data to {source}", err=True)
-    write_sample(str(Path(source).expanduser()), rows=SAMPLE_ROWS, shards=4, seed=job.data.seed)
+    with session.progress.stage(f"sample data ({SAMPLE_ROWS} rows)"):
+        write_sample(str(Path(source).expanduser()), rows=SAMPLE_ROWS, shards=4, seed=job.data.seed)
 
 
 @click.command()
 @click.option("-c", "--config", "config_path", default=None, help="Job YAML (default: jobs/local.yaml).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field, e.g. train.steps=10.")
 @click.option("--address", envvar="RAY_ADDRESS", default=None, help="Ray cluster address; default: local Ray.")
-def train(config_path, overrides, address) -> None:
-    """Train the mask generator with Ray Train + DeepSpeed; track in MLflow."""
-    from maskunet_platform.train.base_check import BaseModelError
-    from maskunet_platform.train.launcher import train_job
+@click.option("--resume", "resume_run", metavar="RUN", default=None,
+              help="Continue run RUN (also a finished one, to a larger train.steps).")
+@click.option("--new", "start_new", is_flag=True, help="Start a new run even if this config already has one.")
+@console_command("train")
+def train(session: Session, config_path, overrides, address, resume_run, start_new) -> None:
+    """Train the mask generator with Ray Train + DeepSpeed; track in MLflow.
 
-    job, yaml_text = _load(config_path, overrides)
-    _ensure_sample_data(job)
-    try:
-        outcome = train_job(job, address=address, job_yaml=yaml_text)
-    except BaseModelError as e:
-        raise InvalidInput(str(e)) from None
-    click.echo(f"run name:         {outcome.run_name}")
-    click.echo(f"mlflow run id:    {outcome.mlflow_run_id}")
-    click.echo(f"mlflow artifacts: {outcome.artifact_uri}")
-    click.echo(f"checkpoint:       {outcome.checkpoint_path}")
-    click.echo(f"mask generator:   {outcome.generator_dir}")
+    A changed config is a new run; the same config resumes its unfinished run, or reports its
+    finished one without training again (--resume RUN extends, --new starts over)."""
+    from maskunet_platform.train.base_check import check_base
+    from maskunet_platform.train.launcher import train_job
+    from maskunet_platform.train.runs import plan_run
+
+    job, yaml_text = load_job_or_fail(config_path, overrides)
+    plan = plan_run(job, resume_run, start_new)
+    if plan.action != "finished":
+        check_base(job.model)  # a base that cannot be loaded is invalid input: before any folder is made
+        session.move_log(Path(job.train.export_dir).expanduser() / plan.run_name / "logs")
+        session.line(plan.why)
+        if plan.warning:
+            session.warn(plan.warning)
+        _ensure_sample_data(job, session)
+    outcome = train_job(job, address=address, job_yaml=yaml_text, plan=plan, progress=session.progress,
+                        log_file=str(session.log.path), base_checked=True)
+    session.finish(training_summary(outcome), next_step=_look_at(outcome, job))
+
+
+def training_summary(outcome) -> Summary:
+    m, e = outcome.metrics, outcome.eval or {}
+    summary = Summary(f"maskunet train: run {outcome.run_name} {TITLES[outcome.action]}",
+                      data=_training_json(outcome), show_timings=outcome.action != "finished",
+                      show_log=outcome.action != "finished")
+    summary.add("what happened:", outcome.why)
+    if "step" in m:
+        resumed = int(m.get("resumed_from_step") or 0)
+        summary.add("steps:", f"{int(m['step'])}" + (f" (continued from step {resumed})" if resumed else ""))
+    if "train/loss" in m:
+        sparsity = m.get("train/sparsity_realised")
+        tail = f"   sparsity {sparsity:.1%}" if sparsity is not None else ""
+        summary.add("train loss:", f"{m['train/loss']:.5f}{tail}")
+    if "eval/base_loss_overall" in e:
+        summary.add("held-out loss:", f"base {e['eval/base_loss_overall']:.5f} -> masked "
+                    f"{e['eval/masked_loss_overall']:.5f}  ({int(e['eval/rows'])} rows, paired)")
+    if outcome.mlflow_run_id:
+        summary.add("mlflow run:", f"{outcome.mlflow_run_id} (experiment {outcome.experiment_id}, "
+                    f"{outcome.tracking_uri})")
+    summary.add("artifacts:", outcome.artifact_uri)
+    summary.add("checkpoint:", outcome.checkpoint_path)
+    summary.add("mask generator:", outcome.generator_dir)
     if outcome.model_version:
-        click.echo(f"registered model: {job.tracking.registered_model_name} v{outcome.model_version}")
-    click.echo("timings:          " + ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items()))
-    if outcome.eval:
-        e = outcome.eval
-        click.echo(f"held-out loss:    base {e['eval/base_loss_overall']:.5f}  masked "
-                   f"{e['eval/masked_loss_overall']:.5f}  ({int(e['eval/rows'])} rows, paired)")
+        summary.add("registered model:", f"{outcome.registered_model_name} v{outcome.model_version}")
+    if outcome.action == "finished":
+        summary.add("run log:", outcome.log_file)
+    return summary
+
+
+def _training_json(outcome) -> dict:
+    registered = ({"name": outcome.registered_model_name, "version": outcome.model_version}
+                  if outcome.model_version else None)
+    return {"run_name": outcome.run_name, "action": outcome.action, "why": outcome.why,
+            "mlflow_run_id": outcome.mlflow_run_id, "tracking_uri": outcome.tracking_uri,
+            "experiment_id": outcome.experiment_id, "artifact_uri": outcome.artifact_uri,
+            "checkpoint": outcome.checkpoint_path, "generator_dir": outcome.generator_dir,
+            "registered_model": registered, "metrics": outcome.metrics, "eval": outcome.eval,
+            "timings": outcome.timings, "log_file": outcome.log_file}
+
+
+def _look_at(outcome, job) -> Optional[str]:
+    from maskunet_platform.commands.ui import ui_hint
+
+    if not outcome.mlflow_run_id or not outcome.tracking_uri:
+        return None
+    return ui_hint(outcome.tracking_uri, job.tracking.local_store, outcome.experiment_id, outcome.mlflow_run_id)
 
 
 @click.command(name="eval")
@@ -75,22 +124,22 @@ def train(config_path, overrides, address) -> None:
 @click.option("-c", "--config", "config_path", default=None, help="Job YAML for eval/data/tracking settings.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--address", envvar="RAY_ADDRESS", default=None)
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(masks, base, data_uri, config_path, overrides, address, as_json) -> None:
+@console_command("eval")
+def evaluate(session: Session, masks, base, data_uri, config_path, overrides, address) -> None:
     """Paired held-out eval: same images, noise and timesteps for base and masked."""
     from maskunet_platform.train.eval_cli import run_eval_command
 
-    job, _ = _load(config_path, overrides)
+    job, _ = load_job_or_fail(config_path, overrides)
     if base:
         job = job.model_copy(update={"model": job.model.model_copy(update={"base": base})})
     try:
-        metrics, run_id = run_eval_command(job, masks, data_uri, address)
+        metrics, run_id = run_eval_command(job, masks, data_uri, address, session.progress)
     except (FileNotFoundError, ValueError) as e:
         raise InvalidInput(str(e)) from None
-    if as_json:
-        json.dump({"metrics": metrics, "mlflow_run_id": run_id}, sys.stdout, indent=2)
-        click.echo()
-        return
-    for key, value in sorted(metrics.items()):
-        click.echo(f"{key:40s} {value:.6f}")
-    click.echo(f"mlflow run id: {run_id}")
+    summary = Summary(f"maskunet eval: {masks}", data={"metrics": metrics, "mlflow_run_id": run_id})
+    summary.add("rows:", int(metrics.get("eval/rows", 0)))
+    for key in sorted(k for k in metrics if k.startswith("eval/base_loss_")):
+        bucket = key[len("eval/base_loss_"):]
+        summary.add(f"loss {bucket}:", f"base {metrics[key]:.6f}  masked {metrics[f'eval/masked_loss_{bucket}']:.6f}")
+    summary.add("mlflow run:", run_id)
+    session.finish(summary)

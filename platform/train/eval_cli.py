@@ -5,21 +5,28 @@ from typing import Optional
 from maskunet_platform.config import JobConfig
 
 
-def run_eval_command(job: JobConfig, masks: str, data_uri: Optional[str], address: Optional[str]):
-    """Returns (metrics, mlflow run id or None). The eval runs as a Ray task, not in this process."""
+def run_eval_command(job: JobConfig, masks: str, data_uri: Optional[str], address: Optional[str], progress=None):
+    """Returns (metrics, mlflow run id or None). The eval runs as a Ray task, not in this process;
+    `progress` (console.progress.Progress) gets the stages."""
+    from maskunet_platform.console.progress import Progress
+
     from maskunet_platform.train.base_check import check_base
     from maskunet_platform.train.launcher import connect_ray
     from maskunet_platform.train.post_training import GeneratorSource, run_post_training
 
+    progress = progress or Progress()
     generator = GeneratorSource.from_folder(masks)
     check_base(job.model)
-    connect_ray(address, job)
+    with progress.stage("start Ray"):
+        connect_ray(address, job)
     # An explicit --data set is all held-out; the job's own data uses its holdout split.
     split = "all" if data_uri else "holdout"
-    metrics = run_post_training(job, generator, data_uri, split).eval.metrics()
+    with progress.stage("evaluate (Ray task)"):
+        metrics = run_post_training(job, generator, data_uri, split).eval.metrics()
     if not job.tracking.enabled:
         return metrics, None
-    return metrics, _log_eval_run(job, metrics, masks, data_uri or job.data.source)
+    with progress.stage("MLflow log"):
+        return metrics, _log_eval_run(job, metrics, masks, data_uri or job.data.source)
 
 
 def _log_eval_run(job: JobConfig, metrics: dict, masks: str, data_uri: str) -> str:

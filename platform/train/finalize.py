@@ -37,21 +37,30 @@ def run_paired_eval(job: JobConfig, base_location: str, generator_dir: str, data
                        cfg.timestep_buckets, cfg.seed)
 
 
-def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional[str]) -> None:
+def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional[str], progress=None) -> None:
     """Fill `outcome.eval` (post-training task on the training resources), and with tracking on:
-    artifacts, eval metrics and a registered model version."""
+    artifacts, eval metrics and a registered model version. `progress` gets the stages."""
+    from maskunet_platform.console.progress import Progress
     from maskunet_platform.train.post_training import GeneratorSource, run_post_training
 
+    progress = progress or Progress()
     tracking = target is not None
     started = time.perf_counter()
-    post = run_post_training(job, GeneratorSource(checkpoint=checkpoint),
-                             heatmap=tracking and job.tracking.log_heatmap, samples=tracking and job.tracking.log_samples)
+    samples = tracking and job.tracking.log_samples
+    with progress.stage("evaluate" + (" + samples" if samples else "")):
+        post = run_post_training(job, GeneratorSource(checkpoint=checkpoint),
+                                 heatmap=tracking and job.tracking.log_heatmap, samples=samples)
     outcome.eval = post.eval.metrics()
     outcome.post_training_where = post.where
     outcome.timings.update({f"{k} ({post.device})": v for k, v in post.timings.items()})
     outcome.timings["post_training_task"] = time.perf_counter() - started
     if not tracking:
         return
+    with progress.stage("MLflow log" + (" + register" if job.tracking.register_model else "")):
+        _log_and_register(job, outcome, target, post, job_yaml)
+
+
+def _log_and_register(job: JobConfig, outcome, target, post, job_yaml: Optional[str]) -> None:
     from mlflow import MlflowClient
 
     started = time.perf_counter()

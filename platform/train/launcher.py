@@ -158,14 +158,11 @@ def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[
         return TrainingOutcome.from_record(plan)
     if not base_checked:
         check_base(job.model)
-    watch = progress is not None
+    live = progress is not None  # a console is watching: stream rank 0's steps to it
     progress = progress or Progress()
-    progress.line(plan.why)
-    if plan.warning:
-        progress.warn(plan.warning)
     with progress.stage("start Ray"):
         connect_ray(address, job)
-    with progress.stage("base model"):
+    with progress.stage("prepare base model"):
         base_location = resolve_base(job.model)
     target = start_or_resume_run(job, plan.run_name, plan.fingerprint, reopen=plan.action == "extend") \
         if job.tracking.enabled else None
@@ -177,7 +174,7 @@ def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[
                          mlflow_run_id=target.run_id if target else None)
     try:
         outcome = _fit_and_finalize(job, plan.run_name, target, base_location, job_yaml, finalize, progress,
-                                    live=watch)
+                                    live=live)
     except BaseException as e:
         if target is not None:
             _mark_failed(target)

@@ -11,6 +11,7 @@ import torch
 from maskunet import MaskedUNet, MaskGenerator, sparsity_penalty
 from maskunet.training import diffusion_loss, sample_timesteps
 from maskunet_platform.config import JobConfig
+from maskunet_platform.console.train_progress import BoardClient
 from maskunet_platform.data.stats import drop_metrics
 from maskunet_platform.train.base import DTYPES, FrozenBase, batch_inputs, load_frozen_base
 from maskunet_platform.train.checkpoint import (download_for_rank, restore_training_checkpoint,
@@ -42,6 +43,7 @@ class Worker:
     world_size: int
     rng: torch.Generator
     tracker: WorkerTracker
+    board: BoardClient  # rank 0's progress to the driver's console (a no-op elsewhere)
 
 
 def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -94,7 +96,9 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     engine = build_engine(masked, job.train, job.data.batch_size, world_size, device)
     rng = torch.Generator()  # seeded per rank and step in _restore
     tracker = WorkerTracker(config.get("tracking"), enabled=rank == 0, settings=job.tracking)
-    return Worker(job, base, masked, engine, rank, world_size, rng, tracker)
+    board = BoardClient(config.get("progress"), enabled=rank == 0)
+    board.forward_warnings()
+    return Worker(job, base, masked, engine, rank, world_size, rng, tracker, board)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -105,6 +109,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     log.info("rank %d: set up in %.1fs", w.rank, time.perf_counter() - started)
     train = w.job.train
     step = resume_step = _restore(w)
+    w.board.ready(resume_step, time.perf_counter() - started)
     if resume_step:  # evidence of an exact continuation: the interrupted run logged the same values here
         w.tracker.log_metrics(gather_per_rank({"rng/fingerprint": fingerprint(w.rng)}, w.rank, w.world_size), step)
     window = MetricWindow(train.timestep_buckets, w.base.noise_scheduler.config.num_train_timesteps)
@@ -126,6 +131,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics |= drop_metrics(config["drop_counter"])
         window.reset()
         w.tracker.log_metrics(metrics, step)
+        w.board.step(step, metrics)
         _report(w, metrics, step, checkpoint=step % train.checkpoint_every == 0 or step == train.steps)
     w.tracker.close()
 

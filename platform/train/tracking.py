@@ -17,6 +17,7 @@ from maskunet_platform.config.tracking import TrackingSection
 SECRET_NAME = re.compile(r"(secret|password|passwd|token|credential|access_key|api_key|private)", re.I)
 URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 RUN_NAME_TAG = "maskunet.run_name"
+FINGERPRINT_TAG = "maskunet.config_fingerprint"  # see runs.config_fingerprint
 log = logging.getLogger(__name__)
 
 
@@ -82,19 +83,26 @@ def log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> No
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items() if k != "step"])
 
 
-def start_or_resume_run(job: JobConfig, run_name: str) -> TrackingTarget:
-    """The unfinished MLflow run of this Ray run name (a resume), else a new run."""
+def start_or_resume_run(job: JobConfig, run_name: str, fingerprint: Optional[str] = None,
+                        reopen: bool = False) -> TrackingTarget:
+    """The unfinished MLflow run of this Ray run name (a resume), else a new run. With `reopen`
+    (extending a finished run) the newest run of that name is set running again."""
     from mlflow import MlflowClient
 
     uri = tracking_uri(job.tracking)
     client = MlflowClient(uri)
     experiment = experiment_id(client, job.tracking, uri)
-    found = client.search_runs([experiment], f"tags.`{RUN_NAME_TAG}` = '{run_name}' and attributes.status != 'FINISHED'",
+    unfinished = "" if reopen else " and attributes.status != 'FINISHED'"
+    found = client.search_runs([experiment], f"tags.`{RUN_NAME_TAG}` = '{run_name}'{unfinished}",
                                max_results=1, order_by=["attributes.start_time DESC"])
     if found:
+        if found[0].info.status != "RUNNING":
+            client.update_run(found[0].info.run_id, status="RUNNING")
         return TrackingTarget(uri, found[0].info.run_id, experiment)
     tags = {RUN_NAME_TAG: run_name, "maskunet.base_model": job.model.base,
             "maskunet.data_source": job.data.source, **job.tracking.tags}
+    if fingerprint:
+        tags[FINGERPRINT_TAG] = fingerprint
     run = client.create_run(experiment, run_name=run_name, tags=tags)
     params = flatten_params(job)
     from mlflow.entities import Param

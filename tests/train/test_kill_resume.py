@@ -1,5 +1,6 @@
 """A worker process SIGKILLed mid-run: the run resumes from its last checkpoint (on S3, moto)
-and finishes with a continuous step count; re-running the same run name resumes too."""
+and finishes with a continuous step count; re-running the same config finds the unfinished run
+(resume), and `--resume RUN` with more steps continues it."""
 import os
 import signal
 import threading
@@ -45,12 +46,16 @@ def test_worker_kill_resumes_from_s3_checkpoint(s3, ray_local, mlflow_server, ma
 
     from maskunet import MaskGenerator
     from maskunet_platform.train.launcher import train_job
+    from maskunet_platform.train.runs import plan_run
 
     bucket = s3.create_bucket("maskunet-ckpt")
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3.endpoint_url})
     overrides = [f"train.storage_path=s3://{bucket}/runs", f"train.checkpoint_every={EVERY}", "train.log_every=5",
                  "train.max_failures=2"]
     job = make_job("resume", f"train.steps={STEPS}", *overrides, tracking_uri=mlflow_server.tracking_uri)
+    plan = plan_run(job)
+    assert plan.action == "new" and plan.run_name.startswith("resume-"), plan
+    run_dir = f"{bucket}/runs/{plan.run_name}"
     client = MlflowClient(mlflow_server.tracking_uri)
     outcome, errors = {}, []
 
@@ -70,7 +75,7 @@ def test_worker_kill_resumes_from_s3_checkpoint(s3, ray_local, mlflow_server, ma
         if logged and max(logged) >= EVERY + 5:
             break
         time.sleep(0.3)
-    seen_at_kill = _checkpoint_steps(fs, f"{bucket}/runs/resume")
+    seen_at_kill = _checkpoint_steps(fs, run_dir)
     assert seen_at_kill and thread.is_alive(), f"no checkpoint in S3 before the end ({errors})"
     victims = _train_worker_pids()
     assert len(victims) == 2, victims
@@ -89,7 +94,7 @@ def test_worker_kill_resumes_from_s3_checkpoint(s3, ray_local, mlflow_server, ma
     _assert_random_streams_continue(client, first.mlflow_run_id, resumed_from)
 
     # Each rank's DeepSpeed shard and the consolidated generator are in the S3 checkpoint.
-    final = f"{bucket}/runs/resume/checkpoint_step{STEPS:08d}"
+    final = f"{run_dir}/checkpoint_step{STEPS:08d}"
     fs.invalidate_cache()
     files = [p.rsplit("/", 1)[-1] for p in fs.find(final)]
     assert any(f.startswith("zero_pp_rank_0_") for f in files) and any(f.startswith("zero_pp_rank_1_") for f in files)
@@ -97,9 +102,14 @@ def test_worker_kill_resumes_from_s3_checkpoint(s3, ray_local, mlflow_server, ma
     exported = MaskGenerator.from_pretrained(first.generator_dir)
     assert sum(p.numel() for p in exported.parameters()) > 0
 
-    # Re-running the same run name picks up the latest checkpoint and continues the step count.
-    more = train_job(make_job("resume", f"train.steps={STEPS + 4}", *overrides, "train.log_every=2",
-                              tracking_uri=mlflow_server.tracking_uri), finalize=False)
+    # Not finalized, so unfinished: re-running the same config resumes this run (a cluster retry)...
+    again = plan_run(job)
+    assert (again.action, again.run_name) == ("resume", first.run_name) and f"from step {STEPS}" in again.why
+    # ...and `--resume RUN` with more steps picks up the latest checkpoint and continues the step count.
+    longer = make_job("resume", f"train.steps={STEPS + 4}", *overrides, "train.log_every=2",
+                      tracking_uri=mlflow_server.tracking_uri)
+    assert plan_run(longer).run_name != first.run_name  # a changed config alone would be a new run
+    more = train_job(longer, plan=plan_run(longer, resume=first.run_name), finalize=False)
     assert more.metrics["resumed_from_step"] == STEPS and more.metrics["step"] == STEPS + 4
     assert more.mlflow_run_id == first.mlflow_run_id  # the unfinished MLflow run continues
     assert max(_logged_steps(client, more.mlflow_run_id)) == STEPS + 4

@@ -1,0 +1,135 @@
+"""`maskunet ui`: the MLflow UI on 127.0.0.1 over the embedded store (or MLFLOW_TRACKING_URI)."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from maskunet_platform.config.tracking import TrackingSection
+from maskunet_platform.console.errors import InvalidInput, RunFailure
+from maskunet_platform.console.session import Session, console_command
+
+DEFAULT_PORT = 5000
+DEFAULT_STORE = TrackingSection().local_store
+
+
+def store_uri(store: Optional[str]) -> str:
+    """--store (a local store folder or a database URI), else MLFLOW_TRACKING_URI, else the
+    embedded default store."""
+    if store and "://" in store:
+        return store
+    if not store and os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    folder = Path(store or DEFAULT_STORE).expanduser().resolve()
+    if not (folder / "mlflow.db").exists():
+        raise InvalidInput(f"no MLflow store at {folder} (no mlflow.db): run `maskunet train` first, "
+                           "or pass --store")
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def ui_hint(tracking_uri: str, local_store: str, experiment_id: Optional[str], run_id: Optional[str]) -> str:
+    """The one command (or URL) to look at a run in MLflow."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}" if experiment_id and run_id else ""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"open {tracking_uri.rstrip('/')}/{page}"
+    default_db = Path(DEFAULT_STORE).expanduser().resolve() / "mlflow.db"
+    if tracking_uri == f"sqlite:///{default_db}":
+        command = "maskunet ui"
+    elif tracking_uri.startswith("sqlite:///") and tracking_uri.endswith("/mlflow.db"):
+        command = f"maskunet ui --store {Path(tracking_uri[len('sqlite:///'):]).parent}"
+    else:
+        command = f"maskunet ui --store {tracking_uri}"
+    return f"{command}   (then http://127.0.0.1:{DEFAULT_PORT}/{page})"
+
+
+@click.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=DEFAULT_PORT, show_default=True)
+@click.option("--store", default=None,
+              help="Local store folder (holding mlflow.db) or a database URI; default: MLFLOW_TRACKING_URI, "
+                   f"else {DEFAULT_STORE}.")
+@console_command("ui", results=False)
+def ui(session: Session, port: int, store: Optional[str]) -> None:
+    """Serve the MLflow UI on 127.0.0.1 until interrupted (Ctrl-C)."""
+    uri = store_uri(store)
+    if uri.startswith(("http://", "https://")):
+        session.out.write(f"MLflow is already served at {uri}\n")
+        return
+    if not _port_free(port):
+        raise InvalidInput(f"--port {port}: already in use on 127.0.0.1")
+    server = _start_server(uri, port, session)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with session.progress.stage("start the MLflow UI"):
+            _wait_until_up(server, url, session)
+        session.out.write(f"MLflow UI: {url}   (store {uri}; Ctrl-C to stop)\n")
+        session.out.flush()
+        _wait(server, session)
+    finally:
+        _stop_group(server)
+
+
+def _start_server(uri: str, port: int, session: Session) -> subprocess.Popen:
+    """`mlflow ui` in its own process group (it forks workers), its output in the log file."""
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", uri, "--workers", "1"]
+    if uri.startswith("sqlite:///"):  # artifacts of runs created in the UI: next to the db, not in the cwd
+        cmd += ["--artifacts-destination", str(Path(uri[len("sqlite:///"):]).parent / "artifacts")]
+    return subprocess.Popen(cmd, stdout=session.log.stream, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+def _wait_until_up(server: subprocess.Popen, url: str, session: Session, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RunFailure(f"the MLflow UI exited with code {server.returncode} (see {session.log.path})")
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise RunFailure(f"the MLflow UI did not answer at {url} within {timeout:.0f}s (see {session.log.path})")
+
+
+def _wait(server: subprocess.Popen, session: Session) -> None:
+    """Until the server exits or this process is interrupted (Ctrl-C) or terminated."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        session.out.write("stopping the MLflow UI\n")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_group(server: subprocess.Popen) -> None:
+    """SIGTERM the server's whole process group, SIGKILL what lingers."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(10)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
