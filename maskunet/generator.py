@@ -172,10 +172,3 @@ class MaskGenerator(ModelMixin, ConfigMixin):
                      ) -> torch.Tensor:
         """fp32 mask logits (B, out, fan_in) of one masked layer from its block's code."""
         return self.adapters[_module_key(layer_name)](code, compute_dtype)
-
-    def block_logits(
-        self, block_index: int, hidden: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """Mask logits (B, out, fan_in) for every masked layer of one up-block."""
-        code = self.block_code(block_index, hidden, skip, temb)
-        return {name: self.layer_logits(name, code) for name in self.layer_names(block_index)}

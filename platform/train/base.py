@@ -29,7 +29,7 @@ def resolve_base(model: ModelSection) -> str:
     """A local folder or hub id for `model.base`; builds the tiny base or downloads s3:// first."""
     base = model.base
     if base.startswith("s3://"):
-        return str(_download_s3_folder(base))
+        return str(fetch_s3_folder(base, BASE_CACHE)[0])
     local = Path(base).expanduser()
     if local.exists() or base.startswith(("~", "/", ".")):
         if not (local / "model_index.json").exists():
@@ -41,10 +41,6 @@ def resolve_base(model: ModelSection) -> str:
             ensure_tiny_base(local, seed=model.tiny_seed)
         return str(local)
     return base  # a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5
-
-
-def _download_s3_folder(uri: str) -> Path:
-    return fetch_s3_folder(uri, BASE_CACHE)[0]
 
 
 def fetch_s3_folder(uri: str, cache: Path) -> tuple[Path, bool]:
