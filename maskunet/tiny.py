@@ -5,6 +5,7 @@ It stands in for SD1.5 in tests and the embedded default job: same classes, same
 tokenizer generated locally (no download).
 """
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -46,6 +47,24 @@ TINY_VAE = dict(
     norm_num_groups=16,
     sample_size=64,
 )
+
+# The pretrained shapes base (`maskunet init-base --pretrained`, `maskunet pretrain-base`):
+# 64 px images, a 4x VAE (16x16x4 latents: at 8x, 8x8 latents, a small shape is under two
+# latent pixels; see the README's measurements), and a U-Net with cross-attention in its
+# two highest-resolution up blocks, conditioned on a small CLIP text encoder.
+SHAPES_RESOLUTION = 64
+
+SHAPES_VAE = dict(TINY_VAE, block_out_channels=(32, 64, 64), down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, sample_size=SHAPES_RESOLUTION,
+                  # One group: 16 groups of 2 channels throw away most of a flat colour's
+                  # information at every norm; measured, it learns ~2x faster.
+                  norm_num_groups=1)
+
+SHAPES_UNET = dict(TINY_UNET, sample_size=16, block_out_channels=(64, 96, 96), cross_attention_dim=64,
+                   attention_head_dim=8, norm_num_groups=8)
+
+SHAPES_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 
 # SD1.5's noise schedule.
 SD_SCHEDULE = dict(
@@ -122,32 +141,39 @@ def build_tokenizer(work_dir: Path) -> CLIPTokenizer:
     return CLIPTokenizer.from_pretrained(str(work_dir), model_max_length=MAX_TOKENS, pad_token="<|endoftext|>")
 
 
-def build_tiny_pipeline(work_dir: str | Path, seed: int = 0) -> StableDiffusionPipeline:
-    """Build the tiny pipeline with seeded random weights (tokenizer files go to work_dir)."""
+def build_tiny_pipeline(work_dir: str | Path, seed: int = 0, shapes: bool = False,
+                        resolution: int = SHAPES_RESOLUTION) -> StableDiffusionPipeline:
+    """Build the tiny pipeline with seeded random weights (tokenizer files go to work_dir).
+
+    `shapes` selects the (larger) architecture of the pretrained shapes base, untrained, for
+    images of `resolution` px.
+    """
     work_dir = Path(work_dir)
     tokenizer = build_tokenizer(work_dir / "_tokenizer_src")
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
+            **(SHAPES_TEXT if shapes else TINY_TEXT),
             max_position_embeddings=MAX_TOKENS,
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         )
     )
-    unet = UNet2DConditionModel(**TINY_UNET)
-    vae = AutoencoderKL(**TINY_VAE)
+    if shapes:
+        unet = UNet2DConditionModel(**dict(SHAPES_UNET, sample_size=resolution // 4))
+        vae = AutoencoderKL(**dict(SHAPES_VAE, sample_size=resolution))
+    else:
+        unet, vae = UNet2DConditionModel(**TINY_UNET), AutoencoderKL(**TINY_VAE)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=DDIMScheduler(**SD_SCHEDULE),
+        # The shapes base predicts v (as SD2 does on the same schedule): an epsilon model this
+        # small and briefly trained cannot lay out an image from pure noise (measured).
+        scheduler=DDIMScheduler(**{**SD_SCHEDULE, **({"prediction_type": "v_prediction"} if shapes else {})}),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -165,9 +191,29 @@ def save_tiny_base(out_dir: str | Path, seed: int = 0) -> Path:
     return out_dir
 
 
-def ensure_tiny_base(out_dir: str | Path, seed: int = 0) -> Path:
-    """Create the tiny base at `out_dir` unless a pipeline is already there."""
+# The pretrained shapes base shipped with the package (`maskunet pretrain-base` output).
+SHAPES_BASE_ASSET = Path(__file__).parent / "assets" / "shapes-base"
+
+
+def install_shapes_base(out_dir: str | Path) -> Path:
+    """Copy the shipped pretrained shapes base to `out_dir` (a normal diffusers folder)."""
+    out_dir = Path(out_dir).expanduser()
+    if not (SHAPES_BASE_ASSET / "model_index.json").exists():
+        raise FileNotFoundError(f"the pretrained shapes base is missing from this install ({SHAPES_BASE_ASSET})")
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(SHAPES_BASE_ASSET, tmp)
+    tmp.rename(out_dir)  # a concurrent or interrupted install never leaves half a folder
+    return out_dir
+
+
+def ensure_tiny_base(out_dir: str | Path, seed: int = 0, pretrained: bool = False) -> Path:
+    """Create the tiny base at `out_dir` unless a pipeline is already there: the shipped
+    pretrained shapes base, or random weights of the small architecture."""
     out_dir = Path(out_dir).expanduser()
     if not (out_dir / "model_index.json").exists():
-        save_tiny_base(out_dir, seed=seed)
+        if pretrained:
+            install_shapes_base(out_dir)
+        else:
+            save_tiny_base(out_dir, seed=seed)
     return out_dir

@@ -4,8 +4,10 @@ Console output (progress, summaries, --json, log files, exit codes) is owned by
 `maskunet_platform.console`; every command runs inside one of its sessions."""
 import click
 
+from maskunet_platform.commands.bench import bench
 from maskunet_platform.commands.data import data
 from maskunet_platform.commands.model import generate, init_base
+from maskunet_platform.commands.pretrain import pretrain_base
 from maskunet_platform.commands.train import evaluate, train
 from maskunet_platform.commands.ui import ui
 from maskunet_platform.console.errors import MaskunetGroup
@@ -21,10 +23,12 @@ def main() -> None:
 
 main.add_command(init_base)
 main.add_command(generate)
+main.add_command(pretrain_base)
 main.add_command(data)
 main.add_command(train)
 main.add_command(evaluate)
 main.add_command(ui)
+main.add_command(bench)
 
 if __name__ == "__main__":
     main()

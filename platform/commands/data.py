@@ -29,8 +29,8 @@ def _ensure_base(base: str, session: Session) -> str:
     if base == DEFAULT_BASE and not path.exists():
         from maskunet.tiny import ensure_tiny_base
 
-        with session.progress.stage(f"build the tiny offline base at {path}"):
-            ensure_tiny_base(path)
+        with session.progress.stage(f"install the pretrained shapes base at {path}"):
+            ensure_tiny_base(path, pretrained=True)
     return base
 
 

@@ -10,18 +10,28 @@ from maskunet_platform.console.summary import Summary
 
 @click.command("init-base")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder to write")
+@click.option("--pretrained", is_flag=True, help="install the shipped pretrained shapes base (else random weights)")
 @click.option("--seed", default=0, show_default=True, help="seed of the random weights")
 @console_command("init-base")
-def init_base(session: Session, out_dir: str, seed: int) -> None:
-    """Write the tiny offline SD-architecture base pipeline (random weights, local tokenizer)."""
-    from maskunet.tiny import save_tiny_base
+def init_base(session: Session, out_dir: str, pretrained: bool, seed: int) -> None:
+    """Write a tiny offline SD-architecture base: the pretrained shapes base, or random weights."""
+    from maskunet.tiny import install_shapes_base, save_tiny_base
 
-    if Path(out_dir, "model_index.json").exists():
-        raise InvalidInput(f"{out_dir} already holds a pipeline; choose an empty folder")
-    with session.progress.stage("write the tiny base"):
-        path = save_tiny_base(out_dir, seed=seed)
-    session.finish(Summary(f"maskunet init-base: tiny base written to {path}", data={"path": str(path)}),
-                   next_step=f"maskunet generate \"a red circle\" --base {path} --out out.png")
+    out = Path(out_dir).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise InvalidInput(f"--out {out_dir}: the folder is not empty; choose a new one")
+    if pretrained:
+        if out.exists():
+            out.rmdir()  # empty (checked above): the install renames a complete copy into place
+        with session.progress.stage("install the pretrained shapes base"):
+            path = install_shapes_base(out)
+    else:
+        with session.progress.stage("write the tiny base (random weights)"):
+            path = save_tiny_base(out, seed=seed)
+    kind = "pretrained shapes base" if pretrained else "tiny base (random weights)"
+    session.finish(Summary(f"maskunet init-base: {kind} written to {path}",
+                           data={"path": str(path), "pretrained": pretrained}),
+                   next_step=f"maskunet generate \"a red circle in the center on a blue background\" --base {path} --out out.png")
 
 
 @click.command()

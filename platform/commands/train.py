@@ -85,6 +85,12 @@ def training_summary(outcome) -> Summary:
     if "eval/base_loss_overall" in e:
         summary.add("held-out loss:", f"base {e['eval/base_loss_overall']:.5f} -> masked "
                     f"{e['eval/masked_loss_overall']:.5f}  ({int(e['eval/rows'])} rows, paired)")
+    if "shapes/base/kid" in e:
+        from maskunet_platform.bench.shapes.benchmark import format_table
+
+        summary.add("shapes bench:", f"{int(e.get('shapes/items', 0))} held-out prompt x seed pairs, paired")
+        for row in format_table(e):
+            summary.add("", row)
     if outcome.mlflow_run_id:
         summary.add("mlflow run:", f"{outcome.mlflow_run_id} (experiment {outcome.experiment_id}, "
                     f"{outcome.tracking_uri})")

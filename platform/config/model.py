@@ -8,9 +8,11 @@ from maskunet_platform.config.base import Section
 
 class ModelSection(Section):
     # Local folder, HF hub id (e.g. stable-diffusion-v1-5/stable-diffusion-v1-5) or s3:// prefix.
-    base: str = Field("~/.cache/maskunet/tiny-base", description="base pipeline location")
-    # When `base` is a local path that does not exist, build the tiny offline base there.
+    base: str = Field("~/.cache/maskunet/shapes-base", description="base pipeline location")
+    # When `base` is a local path that does not exist, put a tiny offline base there: the
+    # shipped pretrained shapes base, or (`tiny_pretrained: false`) random weights.
     create_tiny_if_missing: bool = True
+    tiny_pretrained: bool = True
     tiny_seed: int = 0
     revision: Optional[str] = None
 

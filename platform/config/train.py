@@ -38,12 +38,23 @@ class LossScalingSection(Section):
     min_scale: float = Field(1.0, gt=0)
 
 
+class ShapesBenchSection(Section):
+    # The shapes benchmark (`maskunet bench shapes --compare`) after training, for bases that
+    # draw the shapes world (the pretrained shapes base); 0 prompts = off.
+    prompts: int = Field(0, ge=0, le=700, description="held-out shapes prompts; 0 = off")
+    seeds: int = Field(1, ge=1)
+    steps: int = Field(20, ge=1)
+    guidance: float = Field(7.5, ge=0)
+    batch_size: int = Field(16, ge=1)
+
+
 class EvalSection(Section):
     # Paired held-out evaluation: same images, noise and timesteps for base and masked.
     rows: int = Field(32, ge=1, description="rows of the held-out split (data.holdout_fraction) evaluated")
     batch_size: int = Field(8, ge=1)
     seed: int = 1234
     timestep_buckets: int = Field(4, ge=1)
+    shapes: ShapesBenchSection = Field(default_factory=ShapesBenchSection)
 
 
 class SamplesSection(Section):

@@ -53,6 +53,13 @@ class BoardClient:
     def warning(self, text: str) -> None:
         self._send("event", "warning", {"text": text})
 
+    def stage(self, name: str, total: int) -> None:
+        """Open the next counted stage (see StageBoardWatcher)."""
+        self._send("event", "stage", {"name": name, "total": total})
+
+    def stage_step(self, step: int, **fields) -> None:
+        self._send("post", {"step": step, **fields})
+
     def _send(self, method: str, *args) -> None:
         if self.board is None:
             return
@@ -129,3 +136,46 @@ class BoardWatcher:
             self._workers.done(f"resumed at step {resumed}" if resumed else "")
         if self._training is None:
             self._training = self.progress.steps("training", self.total_steps, start=resumed)
+
+
+class StageBoardWatcher:
+    """Driver side for a remote task made of counted stages: a `stage` event
+    ({"name", "total"}) closes the previous stage and opens the next; step posts update it."""
+
+    def __init__(self, board, progress):
+        self.board, self.progress = board, progress
+        self._stage = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="maskunet-stage-progress", daemon=True)
+
+    def start(self) -> "StageBoardWatcher":
+        self._thread.start()
+        return self
+
+    def stop(self, ok: bool) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        if ok:
+            self._poll()
+        if self._stage is not None:
+            self._stage.done() if ok else self._stage.abandon()
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_S):
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            pending = ray.get(self.board.take.remote(), timeout=10)
+        except Exception as e:  # noqa: BLE001 - a slow poll only delays the display
+            log.debug("progress poll failed: %s", e)
+            return
+        for kind, payload in pending:
+            if kind == "stage":
+                if self._stage is not None:
+                    self._stage.done()
+                self._stage = self.progress.steps(payload["name"], payload["total"])
+            elif kind == "warning":
+                self.progress.warn(payload["text"])
+            elif kind == "step" and self._stage is not None:
+                self._stage.update(payload.pop("step"), **payload)

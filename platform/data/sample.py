@@ -8,6 +8,7 @@ tiny tokenizer has whole-word tokens for, so text conditioning is learnable.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -31,6 +32,7 @@ SHAPES = ("circle", "square", "triangle", "ring", "cross")
 ROWS = ("top", "middle", "bottom")
 COLS = ("left", "center", "right")
 SIZES = {"small": 0.25, "large": 0.45}  # radius as a fraction of a grid cell's side
+HOLDOUT_MODULUS = 32
 
 IMAGE_STRUCT = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema(
@@ -87,8 +89,25 @@ def _draw_shape(draw: ImageDraw.ImageDraw, shape: Shape, side: int) -> None:
         draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=fill)
 
 
-def make_example(rng: np.random.Generator, side: int) -> tuple[Image.Image, str]:
-    """One image with 1-2 shapes in distinct grid cells, and its caption."""
+def scene_caption(shapes: list[Shape], background: str) -> str:
+    return " and ".join(s.phrase() for s in shapes) + f" on a {background} background"
+
+
+def draw_scene(shapes: list[Shape], background: str, side: int) -> Image.Image:
+    image = Image.new("RGB", (side, side), COLOURS[background])
+    draw = ImageDraw.Draw(image)
+    for shape in shapes:
+        _draw_shape(draw, shape, side)
+    return image
+
+
+def is_benchmark_caption(caption: str) -> bool:
+    """Captions reserved for the shapes benchmark: never drawn as training data (1 in 32)."""
+    return hashlib.sha256(caption.encode()).digest()[0] % HOLDOUT_MODULUS == 0
+
+
+def random_scene(rng: np.random.Generator) -> tuple[list[Shape], str]:
+    """1-2 shapes in distinct grid cells on a background of another colour."""
     background = str(rng.choice(list(COLOURS)))
     cells = rng.choice(9, size=int(rng.integers(1, 3)), replace=False)
     shapes = []
@@ -96,12 +115,16 @@ def make_example(rng: np.random.Generator, side: int) -> tuple[Image.Image, str]
         colour = str(rng.choice([c for c in COLOURS if c != background]))
         shapes.append(Shape(str(rng.choice(SHAPES)), colour, str(rng.choice(list(SIZES))),
                             int(cell) // 3, int(cell) % 3))
-    image = Image.new("RGB", (side, side), COLOURS[background])
-    draw = ImageDraw.Draw(image)
-    for shape in shapes:
-        _draw_shape(draw, shape, side)
-    caption = " and ".join(s.phrase() for s in shapes) + f" on a {background} background"
-    return image, caption
+    return shapes, background
+
+
+def make_example(rng: np.random.Generator, side: int) -> tuple[Image.Image, str]:
+    """One training image with 1-2 shapes and its caption (never a benchmark caption)."""
+    while True:
+        shapes, background = random_scene(rng)
+        caption = scene_caption(shapes, background)
+        if not is_benchmark_caption(caption):
+            return draw_scene(shapes, background, side), caption
 
 
 def encode_image(image: Image.Image, fmt: str) -> bytes:

@@ -38,7 +38,7 @@ def resolve_base(model: ModelSection) -> str:
                                         "(no model_index.json) and create_tiny_if_missing is false")
             from maskunet.tiny import ensure_tiny_base
 
-            ensure_tiny_base(local, seed=model.tiny_seed)
+            ensure_tiny_base(local, seed=model.tiny_seed, pretrained=model.tiny_pretrained)
         return str(local)
     return base  # a hub id such as stable-diffusion-v1-5/stable-diffusion-v1-5
 

@@ -1,4 +1,5 @@
 """After training: paired held-out eval, PNG artifacts, MLflow logging and model registration."""
+import json
 import logging
 import tempfile
 import time
@@ -47,10 +48,13 @@ def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional
     tracking = target is not None
     started = time.perf_counter()
     samples = tracking and job.tracking.log_samples
-    with progress.stage("evaluate" + (" + samples" if samples else "")):
+    shapes = " + shapes benchmark" if job.train.eval.shapes.prompts else ""
+    with progress.stage("evaluate" + (" + samples" if samples else "") + shapes):
         post = run_post_training(job, GeneratorSource(checkpoint=checkpoint),
-                                 heatmap=tracking and job.tracking.log_heatmap, samples=samples)
+                                 heatmap=tracking and job.tracking.log_heatmap, samples=samples, shapes=True)
     outcome.eval = post.eval.metrics()
+    if post.shapes is not None:
+        outcome.eval.update(post.shapes.metrics())
     outcome.post_training_where = post.where
     outcome.timings.update({f"{k} ({post.device})": v for k, v in post.timings.items()})
     outcome.timings["post_training_task"] = time.perf_counter() - started
@@ -69,7 +73,9 @@ def _log_and_register(job: JobConfig, outcome, target, post, job_yaml: Optional[
         tmp = Path(tmp)
         client.log_artifacts(target.run_id, outcome.generator_dir, "mask_generator")
         files = {"job.yaml": job_yaml and job_yaml.encode(), "sparsity_heatmap.png": post.heatmap_png,
-                 "samples_base_vs_masked.png": post.samples_png}
+                 "samples_base_vs_masked.png": post.samples_png,
+                 "shapes_benchmark.png": post.shapes and post.shapes.grid_png,
+                 "shapes_benchmark.json": post.shapes and json.dumps(post.shapes.to_json(), indent=2).encode()}
         for name, data in files.items():
             if data:
                 (tmp / name).write_bytes(data)

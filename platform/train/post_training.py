@@ -51,6 +51,7 @@ class PostTrainingResult:
     eval: EvalResult
     heatmap_png: Optional[bytes] = None
     samples_png: Optional[bytes] = None
+    shapes: Any = None  # bench.shapes.benchmark.ShapesReport
     device: str = "cpu"
     where: str = ""  # node and process the task ran in
     timings: dict = field(default_factory=dict)  # stage -> seconds, measured in the task
@@ -62,14 +63,16 @@ def task_resources(job: JobConfig) -> dict:
 
 
 def run_post_training(job: JobConfig, generator: GeneratorSource, data_uri: Optional[str] = None,
-                      split: str = "holdout", heatmap: bool = False, samples: bool = False) -> PostTrainingResult:
-    """Run the post-training task on the cluster and wait for it (Ray must be connected)."""
+                      split: str = "holdout", heatmap: bool = False, samples: bool = False,
+                      shapes: bool = False) -> PostTrainingResult:
+    """Run the post-training task on the cluster and wait for it (Ray must be connected).
+    `shapes`: also the shapes benchmark, when `train.eval.shapes.prompts` asks for it."""
     task = ray.remote(_post_training).options(**task_resources(job), max_retries=1)
-    return ray.get(task.remote(job.model_dump(mode="json"), generator, data_uri, split, heatmap, samples))
+    return ray.get(task.remote(job.model_dump(mode="json"), generator, data_uri, split, heatmap, samples, shapes))
 
 
 def _post_training(job_data: dict, generator: GeneratorSource, data_uri: Optional[str], split: str,
-                   heatmap: bool, samples: bool) -> PostTrainingResult:
+                   heatmap: bool, samples: bool, shapes: bool) -> PostTrainingResult:
     from maskunet_platform.train.artifacts import sample_grid_png, sparsity_heatmap_png
     from maskunet_platform.train.base import DTYPES, resolve_base
     from maskunet_platform.train.finalize import run_paired_eval
@@ -96,4 +99,21 @@ def _post_training(job_data: dict, generator: GeneratorSource, data_uri: Optiona
                                    s.guidance_scale, s.seed, s.resolution or job.data.resolution, device, dtype)
             out.samples_png = grid.read_bytes()
             timings["samples"] = time.perf_counter() - started
+        if shapes and job.train.eval.shapes.prompts:
+            started = time.perf_counter()
+            out.shapes = shapes_benchmark(job, base_location, generator_dir, device, dtype)
+            timings["shapes benchmark"] = time.perf_counter() - started
     return out
+
+
+def shapes_benchmark(job: JobConfig, base_location: str, generator_dir: Path, device: str, dtype):
+    """Base vs masked on the held-out shapes prompts, paired (same prompts and seeds)."""
+    from maskunet import MaskUNetPipeline
+    from maskunet_platform.bench.shapes.benchmark import ShapesBenchSettings, run_shapes_benchmark
+
+    s = job.train.eval.shapes
+    pipe = MaskUNetPipeline.from_base(base_location, masks=str(generator_dir), dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    settings = ShapesBenchSettings(prompts=s.prompts, seeds=s.seeds, steps=s.steps, guidance=s.guidance,
+                                   batch_size=s.batch_size)
+    return run_shapes_benchmark(pipe, settings, compare=True)

@@ -271,3 +271,24 @@ class MetricQueue:
 def _one_line(error: Exception) -> str:
     text = URL_USERINFO.sub("***@", str(error)).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+
+
+def start_command_run(section: TrackingSection, run_name: str, kind: str, params: dict) -> TrackingTarget:
+    """A new MLflow run for a command other than training (pretrain-base, bench), with its
+    settings as params (secret-looking names dropped)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    uri = tracking_uri(section)
+    client = MlflowClient(uri)
+    experiment = experiment_id(client, section, uri)
+    run = client.create_run(experiment, run_name=run_name, tags={"maskunet.kind": kind, **section.tags})
+    items = [Param(k, str(v)[:6000]) for k, v in params.items() if not SECRET_NAME.search(k)]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i:i + 100])
+    return TrackingTarget(uri, run.info.run_id, experiment)
+
+
+def command_tracking(experiment: str, uri: Optional[str], enabled: bool) -> TrackingSection:
+    """The tracking settings of a command's --tracking-uri / --no-tracking options."""
+    return TrackingSection(enabled=enabled, tracking_uri=uri, experiment=experiment)

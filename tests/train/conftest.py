@@ -31,7 +31,7 @@ def make_job(tiny_base, train_data, tmp_path_factory):
     def build(name: str, *overrides: str, tracking_uri: str | None = None):
         base = [f"name={name}", f"model.base={tiny_base}", f"data.source={train_data}",
                 f"train.storage_path={root / 'storage'}", f"train.export_dir={root / 'exports'}",
-                "train.cpus_per_worker=0.5", f"tracking.experiment=test-{name}",
+                "train.cpus_per_worker=0.5", f"tracking.experiment=test-{name}", "train.eval.shapes.prompts=0",
                 f"tracking.registered_model_name=test-{name}"]
         base.append(f"tracking.tracking_uri={tracking_uri}" if tracking_uri else "tracking.enabled=false")
         return load_job(LOCAL_JOB, [*base, *overrides])
@@ -48,12 +48,14 @@ def _no_stale_experiment_env():
 
 
 @pytest.fixture(scope="session")
-def default_run(ray_local, mlflow_server, make_job):
-    """The default job (ZeRO-2, 2 workers) with tracking, eval, artifacts and registration."""
+def default_run(ray_local, mlflow_server, make_job, shapes_base):
+    """The default job (ZeRO-2, 2 workers) on the pretrained shapes base, with tracking, eval,
+    the shapes benchmark, artifacts and registration."""
     from maskunet_platform.train.launcher import train_job
 
     # A credential in a URL must never reach MLflow params (storage is local, so it is unused).
-    job = make_job("default", *PARITY, f"data.s3_endpoint_url=http://key:{SECRET}@127.0.0.1:9",
+    job = make_job("default", *PARITY, f"model.base={shapes_base}", "train.eval.shapes.prompts=16",
+                   f"data.s3_endpoint_url=http://key:{SECRET}@127.0.0.1:9",
                    tracking_uri=mlflow_server.tracking_uri)
     outcome = train_job(job, job_yaml=LOCAL_JOB.read_text())
     return job, outcome

@@ -29,7 +29,7 @@ def cli_job(tiny_base, train_data, tmp_path_factory):
                  f"train.export_dir={root / 'exports'}", f"tracking.local_store={root / 'mlflow'}",
                  "tracking.experiment=cli", "tracking.registered_model_name=cli", "train.steps=4",
                  "train.log_every=2", "train.checkpoint_every=4", "train.cpus_per_worker=0.5", "train.eval.rows=8",
-                 "tracking.log_samples=false"]
+                 "tracking.log_samples=false", "train.eval.shapes.prompts=4", "train.eval.shapes.steps=2"]
     return [arg for item in overrides for arg in ("--set", item)], overrides, root
 
 
@@ -48,7 +48,9 @@ def test_train_prints_plain_progress_and_a_summary(first_run, cli_job):
     steps = [line.split("step ")[1].split()[0] for line in out.splitlines() if "training: step" in line]
     assert steps == ["2/4", "4/4"]
     assert "loss " in out and "img/s" in out and "sparsity " in out
-    for stage in ("start Ray done", "start workers done", "evaluate done", "MLflow log + register done"):
+    assert "shapes bench:" in out and "masked - base (paired)" in out  # the benchmark's table
+    for stage in ("start Ray done", "start workers done", "evaluate + shapes benchmark done",
+                  "MLflow log + register done"):
         assert stage in out, stage
     run_name = summary_value(out, "what happened").split()[2]
     assert out.count("\n") <= 60 and f"maskunet train: run {run_name} trained (new run)" in out
@@ -86,7 +88,7 @@ def test_changed_config_is_a_new_run_and_resume_new_are_checked(first_run, cli_j
     same = load_job(LOCAL_JOB, overrides)
     finished = plan_run(same)
     assert finished.action == "finished"
-    changed = plan_run(load_job(LOCAL_JOB, [*overrides, "train.lr=0.02"]))
+    changed = plan_run(load_job(LOCAL_JOB, [*overrides, "train.lr=0.03"]))
     assert changed.action == "new" and changed.run_name != finished.run_name
     assert f"differs from job maskunet-local's earlier run {finished.run_name}" in changed.why
     assert plan_run(same, new=True).run_name == f"{finished.run_name}-2"

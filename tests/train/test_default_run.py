@@ -19,13 +19,27 @@ def client(mlflow_server):
     return MlflowClient(mlflow_server.tracking_uri)
 
 
-def test_masked_beats_base_on_held_out_data(default_run):
+def test_masks_train_on_the_pretrained_base_without_damaging_it(default_run):
     _, outcome = default_run
     e = outcome.eval
     assert e["eval/rows"] == 32
-    assert e["eval/masked_loss_overall"] < e["eval/base_loss_overall"], e
     assert outcome.metrics["step"] == DEFAULT_STEPS
     assert 0 < outcome.metrics["train/sparsity_realised"] < 1
+    # On a trained base, 30 steps do not buy a measurably better held-out loss (the README's
+    # shapes-world figures); they must not damage the base either.
+    assert e["eval/masked_loss_overall"] <= 1.05 * e["eval/base_loss_overall"], e
+
+
+def test_training_reports_the_shapes_benchmark_paired(default_run):
+    _, outcome = default_run
+    e = outcome.eval
+    assert e["shapes/items"] == 16
+    for category in ("background", "colour", "kind", "position", "binding"):
+        base, masked, diff = e[f"shapes/base/{category}"], e[f"shapes/masked/{category}"], e[f"shapes/diff/{category}"]
+        assert diff == pytest.approx(masked - base)
+        assert e[f"shapes/diff/{category}_lo"] <= diff <= e[f"shapes/diff/{category}_hi"]
+    assert e["shapes/base/background"] >= 0.7  # the pretrained base really draws the prompts
+    assert "shapes benchmark (cpu)" in outcome.timings
 
 
 def test_evaluation_and_samples_ran_in_a_ray_task_not_the_driver(default_run):
@@ -53,8 +67,10 @@ def test_mlflow_run_params_metrics_artifacts(default_run, client):
         assert key in metrics, key
     assert metrics["data/rows_in"] > 0
     names = {a.path for a in client.list_artifacts(outcome.mlflow_run_id)}
-    assert {"sparsity_heatmap.png", "samples_base_vs_masked.png", "job.yaml", "mask_generator"} <= names
-    for png in ("sparsity_heatmap.png", "samples_base_vs_masked.png"):
+    assert {"sparsity_heatmap.png", "samples_base_vs_masked.png", "job.yaml", "mask_generator",
+            "shapes_benchmark.png", "shapes_benchmark.json"} <= names
+    assert "shapes/diff/colour" in metrics
+    for png in ("sparsity_heatmap.png", "samples_base_vs_masked.png", "shapes_benchmark.png"):
         local = client.download_artifacts(outcome.mlflow_run_id, png)
         with Image.open(local) as image:
             assert image.format == "PNG" and image.width > 100 and image.height > 60

@@ -12,13 +12,13 @@ def _loss_history(client, run_id: str) -> list[float]:
     return [m.value for m in history]
 
 
-def test_zero2_matches_ddp(default_run, mlflow_server, make_job):
+def test_zero2_matches_ddp(default_run, mlflow_server, make_job, shapes_base):
     from mlflow import MlflowClient
 
     from maskunet_platform.train.launcher import train_job
 
     _, zero2 = default_run  # ZeRO-2 (the default job) with clipping off
-    ddp = train_job(make_job("parity-ddp", *PARITY, "train.deepspeed.enabled=false",
+    ddp = train_job(make_job("parity-ddp", *PARITY, f"model.base={shapes_base}", "train.deepspeed.enabled=false",
                              tracking_uri=mlflow_server.tracking_uri), finalize=False)
     client = MlflowClient(mlflow_server.tracking_uri)
     zero2_losses = _loss_history(client, zero2.mlflow_run_id)

@@ -1,0 +1,1 @@
+"""Offline benchmarks for MaskUNet models."""

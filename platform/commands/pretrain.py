@@ -1,0 +1,75 @@
+"""`maskunet pretrain-base`: train the tiny shapes base from scratch (VAE, then U-Net)."""
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from maskunet_platform.console.errors import InvalidInput
+from maskunet_platform.console.session import Session, console_command
+from maskunet_platform.console.summary import Summary
+
+
+@click.command("pretrain-base")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder to write")
+@click.option("--steps", default=None, type=click.IntRange(min=1), help="U-Net steps (default 2000)")
+@click.option("--vae-steps", default=None, type=click.IntRange(min=1), help="VAE steps (default 2000)")
+@click.option("--resolution", default=64, show_default=True, type=int, help="image side in px (multiple of 8)")
+@click.option("--seed", default=0, show_default=True, help="seed of weights, data and noise")
+@click.option("--vae", "vae_from", default=None, type=click.Path(exists=True, file_okay=False),
+              help="reuse the trained VAE of this pipeline folder (skips the VAE stage)")
+@click.option("--address", envvar="RAY_ADDRESS", default=None, help="Ray cluster address; default: local Ray.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else local)")
+@click.option("--no-tracking", is_flag=True, help="do not log to MLflow")
+@console_command("pretrain-base")
+def pretrain_base(session: Session, out_dir, steps, vae_steps, resolution, seed, vae_from, address, tracking_uri,
+                  no_tracking) -> None:
+    """Pretrain the tiny shapes base (what `init-base --pretrained` installs), seeded, on Ray."""
+    from maskunet_platform.pretrain.runner import PretrainSettings
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise InvalidInput(f"--out {out_dir}: the folder is not empty; choose a new one")
+    if resolution % 8 or not 32 <= resolution <= 256:
+        raise InvalidInput(f"--resolution {resolution}: must be a multiple of 8 between 32 and 256")
+    defaults = PretrainSettings()
+    settings = PretrainSettings(resolution=resolution, seed=seed, unet_steps=steps or defaults.unet_steps,
+                                vae_steps=vae_steps or defaults.vae_steps)
+    job = _tracking_job(tracking_uri, not no_tracking)
+    vae_files = _vae_files(vae_from) if vae_from else None
+    result = _run(session, settings, out, job, address, vae_files)
+    summary = Summary(f"maskunet pretrain-base: shapes base written to {out}", data=result)
+    vae = f"VAE from {vae_from}" if vae_from else f"VAE {settings.vae_steps}"
+    summary.add("steps:", f"{vae}, U-Net {settings.unet_steps} at {resolution} px, seed {seed}")
+    summary.add("size:", f"{result['bytes'] / 2**20:.1f} MiB")
+    if result["mlflow_run_id"]:
+        summary.add("mlflow run:", f"{result['mlflow_run_id']} ({result['tracking_uri']})")
+    session.finish(summary, next_step=f"maskunet bench shapes --base {out}")
+
+
+def _tracking_job(tracking_uri: Optional[str], enabled: bool):
+    from maskunet_platform.config import JobConfig
+
+    return JobConfig.model_validate({"name": "pretrain-base", "tracking": {
+        "enabled": enabled, "tracking_uri": tracking_uri, "experiment": "maskunet-pretrain"}})
+
+
+def _vae_files(folder: str) -> dict:
+    from maskunet_platform.pretrain.runner import vae_folder_files
+
+    try:
+        return vae_folder_files(Path(folder))
+    except FileNotFoundError as e:
+        raise InvalidInput(f"--vae {folder}: {e}") from None
+
+
+def _run(session: Session, settings, out: Path, job, address: Optional[str], vae_files) -> dict:
+    from maskunet_platform.config import ConfigError
+    from maskunet_platform.pretrain.runner import pretrain_base as run_pretraining
+    from maskunet_platform.train.launcher import connect_ray
+
+    try:
+        with session.progress.stage("connect to Ray"):
+            connect_ray(address, job)
+    except ConfigError as e:
+        raise InvalidInput(str(e)) from None
+    return run_pretraining(settings, out, job.tracking, session.progress, vae_files)
