@@ -84,19 +84,16 @@ class _BoardWarnings(logging.Handler):
         self.client.warning(record.getMessage().splitlines()[0])
 
 
-class BoardWatcher:
-    """Driver side: polls the board in a thread and drives the `workers` and `training` stages
-    of the console's progress until `stop()`."""
+class _BoardPoller:
+    """Driver side: a thread that polls the board and hands each update to `_handle` until
+    `stop()`; `_stages()` are closed (or abandoned after a failure) at the end."""
 
-    def __init__(self, board, progress, total_steps: int):
-        self.board, self.progress, self.total_steps = board, progress, total_steps
+    def __init__(self, board, progress, thread_name: str):
+        self.board, self.progress = board, progress
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="maskunet-train-progress", daemon=True)
-        self._workers = progress.start("start workers")
-        self._training = None
-        self.ready_events = 0
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
 
-    def start(self) -> "BoardWatcher":
+    def start(self):
         self._thread.start()
         return self
 
@@ -104,7 +101,7 @@ class BoardWatcher:
         self._stop.set()
         self._thread.join(timeout=10)
         self._poll()  # the last update
-        for stage in (self._workers, self._training):
+        for stage in self._stages():
             if stage is not None:
                 stage.done() if ok else stage.abandon()
 
@@ -119,13 +116,37 @@ class BoardWatcher:
             log.debug("progress poll failed: %s", e)
             return
         for kind, payload in pending:
-            if kind == "ready":
-                self._on_ready(payload)
-            elif kind == "warning":
+            if kind == "warning":
                 self.progress.warn(payload["text"])
-            elif kind == "step" and self._training is not None:
-                fields = {k: payload.get(k) for k in ("loss", "sparsity", "images_per_s")}
-                self._training.update(payload["step"], **fields)
+            else:
+                self._handle(kind, payload)
+
+    def _handle(self, kind: str, payload: dict) -> None:
+        raise NotImplementedError
+
+    def _stages(self) -> tuple:
+        raise NotImplementedError
+
+
+class BoardWatcher(_BoardPoller):
+    """Drives the `workers` and `training` stages of a Ray Train run."""
+
+    def __init__(self, board, progress, total_steps: int):
+        super().__init__(board, progress, "maskunet-train-progress")
+        self.total_steps = total_steps
+        self._workers = progress.start("start workers")
+        self._training = None
+        self.ready_events = 0
+
+    def _stages(self) -> tuple:
+        return self._workers, self._training
+
+    def _handle(self, kind: str, payload: dict) -> None:
+        if kind == "ready":
+            self._on_ready(payload)
+        elif kind == "step" and self._training is not None:
+            fields = {k: payload.get(k) for k in ("loss", "sparsity", "images_per_s")}
+            self._training.update(payload["step"], **fields)
 
     def _on_ready(self, payload: dict) -> None:
         self.ready_events += 1
@@ -138,44 +159,21 @@ class BoardWatcher:
             self._training = self.progress.steps("training", self.total_steps, start=resumed)
 
 
-class StageBoardWatcher:
-    """Driver side for a remote task made of counted stages: a `stage` event
-    ({"name", "total"}) closes the previous stage and opens the next; step posts update it."""
+class StageBoardWatcher(_BoardPoller):
+    """For a remote task made of counted stages: a `stage` event ({"name", "total"}) closes
+    the previous stage and opens the next; step posts update it."""
 
     def __init__(self, board, progress):
-        self.board, self.progress = board, progress
+        super().__init__(board, progress, "maskunet-stage-progress")
         self._stage = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="maskunet-stage-progress", daemon=True)
 
-    def start(self) -> "StageBoardWatcher":
-        self._thread.start()
-        return self
+    def _stages(self) -> tuple:
+        return (self._stage,)
 
-    def stop(self, ok: bool) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        if ok:
-            self._poll()
-        if self._stage is not None:
-            self._stage.done() if ok else self._stage.abandon()
-
-    def _run(self) -> None:
-        while not self._stop.wait(POLL_S):
-            self._poll()
-
-    def _poll(self) -> None:
-        try:
-            pending = ray.get(self.board.take.remote(), timeout=10)
-        except Exception as e:  # noqa: BLE001 - a slow poll only delays the display
-            log.debug("progress poll failed: %s", e)
-            return
-        for kind, payload in pending:
-            if kind == "stage":
-                if self._stage is not None:
-                    self._stage.done()
-                self._stage = self.progress.steps(payload["name"], payload["total"])
-            elif kind == "warning":
-                self.progress.warn(payload["text"])
-            elif kind == "step" and self._stage is not None:
-                self._stage.update(payload.pop("step"), **payload)
+    def _handle(self, kind: str, payload: dict) -> None:
+        if kind == "stage":
+            if self._stage is not None:
+                self._stage.done()
+            self._stage = self.progress.steps(payload["name"], payload["total"])
+        elif kind == "step" and self._stage is not None:
+            self._stage.update(payload.pop("step"), **payload)

@@ -1,11 +1,11 @@
 """`pretrain_base`: both stages as one Ray task (a GPU when the cluster has one), tracked in MLflow.
 
-The task returns the saved pipeline folder's files (about 23 MB), so the driver writes them
+The task returns the saved pipeline folder's files (about 19 MB), so the driver writes them
 wherever `--out` points even when the task ran on another machine of the cluster.
 """
 from __future__ import annotations
 
-import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Optional
 
 import ray
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,6 +74,7 @@ def pretrain_files(settings: PretrainSettings, target: Optional[dict], board,
         return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     finally:
         tracker.close()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _load_vae(files: dict[str, bytes], folder: Path):

@@ -26,18 +26,23 @@ def test_init_base_pretrained_installs_a_small_safetensors_sd_folder(tmp_path):
     assert again.exit_code == 2 and "not empty" in again.output
 
 
-def test_pretrained_base_draws_the_held_out_prompts(shapes_base):
-    """Quality floor of the shipped base on held-out prompts (the benchmark script measures
-    the full targets on 200+ pairs); random weights score ~0.1 on background, ~0 elsewhere."""
+def test_pretrained_base_draws_the_held_out_prompts(shapes_base, tiny_base):
+    """Quality floor of the shipped base on held-out prompts, against random weights (the
+    benchmark script measures every category on 200 pairs; see the README for what the
+    base does not draw yet: most shapes)."""
     from maskunet import MaskUNetPipeline
     from maskunet_platform.bench.shapes.benchmark import ShapesBenchSettings, run_shapes_benchmark
 
-    pipe = MaskUNetPipeline.from_base(shapes_base)
-    pipe.set_progress_bar_config(disable=True)
-    report = run_shapes_benchmark(pipe, ShapesBenchSettings(prompts=32, seeds=1, steps=20), compare=False)
-    base = report.results["base"]
-    assert base["background"]["mean"] >= 0.8 and base["colour"]["mean"] >= 0.5, base
-    assert base["position"]["mean"] >= 0.4, base
+    settings = ShapesBenchSettings(prompts=32, seeds=1, steps=20)
+    reports = {}
+    for name, folder in (("pretrained", shapes_base), ("random", tiny_base)):
+        pipe = MaskUNetPipeline.from_base(folder)
+        pipe.set_progress_bar_config(disable=True)
+        reports[name] = run_shapes_benchmark(pipe, settings, compare=False)
+    trained, random = reports["pretrained"], reports["random"]
+    assert trained.results["base"]["background"]["mean"] >= 0.9, trained.results
+    assert random.results["base"]["background"]["mean"] <= 0.3, random.results
+    assert trained.kid["base"][0] < random.kid["base"][0] / 3, (trained.kid, random.kid)
 
 
 @pytest.fixture(scope="module")
