@@ -64,7 +64,7 @@ def test_fingerprint_follows_training_fields_only():
     for same in (["train.storage_path=/elsewhere", "train.log_every=1", "tracking.experiment=x", "name=other",
                   "train.eval.rows=8", "train.max_failures=0", "data.parallelism=3"],):
         assert config_fingerprint(load_job(LOCAL_JOB, same)) == base
-    for changed in ("train.lr=0.02", "train.steps=61", "mask.tau=0.5", "data.source=/other", "train.seed=1"):
+    for changed in ("train.lr=0.03", "train.steps=61", "mask.tau=0.5", "data.source=/other", "train.seed=1"):
         assert config_fingerprint(load_job(LOCAL_JOB, [changed])) != base, changed
 
 

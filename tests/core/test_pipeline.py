@@ -63,7 +63,7 @@ def test_cli_init_base_and_generate(tmp_path, nontrivial_masks):
     result = runner.invoke(cli, ["init-base", "--out", str(base), "--seed", "1"])
     assert result.exit_code == 0, result.output
     again = runner.invoke(cli, ["init-base", "--out", str(base)])
-    assert again.exit_code != 0 and "already holds a pipeline" in again.output
+    assert again.exit_code == 2 and "the folder is not empty" in again.output
     out = tmp_path / "img.png"
     result = runner.invoke(
         cli, ["generate", "a green star", "--base", str(base), "--masks", str(nontrivial_masks),
