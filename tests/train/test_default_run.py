@@ -62,7 +62,8 @@ def test_mlflow_run_params_metrics_artifacts(default_run, client):
     losses = client.get_metric_history(outcome.mlflow_run_id, "train/loss")
     assert [m.step for m in losses] == list(range(5, DEFAULT_STEPS + 1, 5))
     metrics = run.data.metrics
-    for key in ("train/images_per_s", "train/lr", "train/sparsity_expected", "train/sparsity_realised",
+    # (train/sparsity_expected is logged only with a sparsity penalty; the local job has none)
+    for key in ("train/images_per_s", "train/lr", "train/sparsity_realised",
                 "train/loss_t0000_0249", "data/rows_in", "eval/base_loss_overall", "eval/masked_loss_overall"):
         assert key in metrics, key
     assert metrics["data/rows_in"] > 0
