@@ -81,22 +81,17 @@ def _load(session: Session, base: str, masks: Optional[str]):
 
 
 def _download_model_masks(model_uri: str, tracking_uri: Optional[str]) -> str:
-    """The mask-generator folder of a registered pyfunc model (its `masks` artifact)."""
-    import mlflow
+    """The mask-generator folder of a registered MaskUNet model version."""
+    from mlflow import MlflowClient
 
+    from maskunet_platform.registry.files import ModelUriError, download, resolve
     from maskunet_platform.train.tracking import command_tracking, tracking_uri as resolve_uri
 
-    mlflow.set_tracking_uri(resolve_uri(command_tracking("maskunet-bench", tracking_uri, True)))
+    uri = resolve_uri(command_tracking("maskunet-bench", tracking_uri, True))
     try:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri.rstrip("/")))
-    except Exception as e:  # noqa: BLE001 - MLflow raises several types for a bad name/alias
-        raise InvalidInput(f"--model {model_uri}: {str(e).splitlines()[0]}") from None
-    found = [p.parent for p in (root / "artifacts").rglob("config.json") if (p.parent / "model.safetensors").exists()
-             or any(p.parent.glob("*.safetensors"))]
-    generators = [f for f in found if "masks" in f.parts]
-    if not generators:
-        raise InvalidInput(f"--model {model_uri}: no mask-generator folder in the model's artifacts")
-    return str(generators[0])
+        return str(download(resolve(MlflowClient(uri), model_uri), uri).masks)
+    except ModelUriError as e:
+        raise InvalidInput(f"--model: {e}") from None
 
 
 def _log(report, base: str, masks: Optional[str], tracking_uri: Optional[str]) -> str:

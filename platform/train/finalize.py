@@ -89,7 +89,7 @@ def _log_and_register(job: JobConfig, outcome, target, post, job_yaml: Optional[
 
 
 def _register(job: JobConfig, outcome, target, base_location: str, work_dir: Path) -> str:
-    from maskunet_platform.train.registry import log_and_register
+    from maskunet_platform.registry.register import log_and_register
 
     s = job.train.samples
     tags = {"run_id": target.run_id, "data_source": job.data.source, "base_model": job.model.base,

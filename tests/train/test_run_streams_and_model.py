@@ -1,6 +1,8 @@
 """More checks on the session's default run (ZeRO-2, 2 workers, real MLflow server): each
 rank draws from its own random streams, steps are counted as applied optimizer steps, and
-the registered model records requirements that install on a GPU machine and ships `maskunet`."""
+the registered model records requirements that install on a GPU machine, ships `maskunet`
+and loads from code in a fresh process without unpickling anything."""
+import os
 import subprocess
 import sys
 
@@ -34,7 +36,7 @@ def test_each_rank_draws_its_own_noise(default_run, mlflow_server):
     assert [m.value for m in skipped] == [0.0] * len(steps)  # fp32: every step applied, and counted
 
 
-def test_registered_model_installs_on_a_gpu_machine_and_ships_maskunet(default_run, mlflow_server, tmp_path):
+def test_registered_model_installs_on_a_gpu_machine_and_loads_without_pickle(default_run, mlflow_server, tmp_path):
     from pathlib import Path
 
     from mlflow import MlflowClient
@@ -50,21 +52,34 @@ def test_registered_model_installs_on_a_gpu_machine_and_ships_maskunet(default_r
     assert "+" not in " ".join(requirements), requirements  # no local build labels such as +cpu
     assert torch_pin == "torch==2.13.0" and any(r.startswith("diffusers==") for r in requirements)
     assert (local / "code" / "maskunet" / "generator.py").is_file()  # the method's code travels with the model
-    # The pickled pyfunc loads where this platform package is not installed (only the shipped code).
-    probe = subprocess.run([sys.executable, "-c", UNPICKLE_WITHOUT_PLATFORM, str(local)], capture_output=True,
-                           text=True, timeout=120)
+    # Logged from code: no pickled object anywhere (no .pkl file, no file starting with a pickle header).
+    files = [p for p in local.rglob("*") if p.is_file()]
+    assert not [p for p in files if p.suffix in {".pkl", ".pickle", ".pt", ".bin", ".ckpt"}]
+    assert not [p for p in files if p.read_bytes()[:1] == b"\x80"], "a pickle in the model's files"
+    weights = {p.name for p in files if p.suffix == ".safetensors"}
+    assert {"diffusion_pytorch_model.safetensors", "model.safetensors"} <= weights
+    # A fresh process where the platform package cannot be imported loads it by alias and generates.
+    name = job.tracking.registered_model_name
+    client.set_registered_model_alias(name, "pickle-free", outcome.model_version)
+    probe = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_PLATFORM, f"models:/{name}@pickle-free"],
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri})
     assert probe.returncode == 0, probe.stderr[-3000:]
-    assert probe.stdout.split() == ["MaskUNetPyfunc", str(local / "code" / "maskunet" / "__init__.py")]
+    assert probe.stdout.split()[-2:] == ["MaskUNetModel", "64x64"]
 
 
-UNPICKLE_WITHOUT_PLATFORM = """
-import sys
+LOAD_WITHOUT_PLATFORM = """
+import base64, io, sys
 sys.modules["maskunet_platform"] = None  # any import of the platform package fails
-model_dir = sys.argv[1]
-sys.path.insert(0, model_dir + "/code")  # what MLflow does with code_paths
-import cloudpickle
-with open(model_dir + "/python_model.pkl", "rb") as f:
-    model = cloudpickle.load(f)
-import maskunet
-print(type(model).__name__, maskunet.__file__)
+import cloudpickle, pickle
+def refuse(*args, **kwargs):
+    raise AssertionError("the model was unpickled")
+pickle.load = pickle.loads = cloudpickle.load = cloudpickle.loads = refuse
+import mlflow.pyfunc, pandas as pd
+from PIL import Image
+model = mlflow.pyfunc.load_model(sys.argv[1])
+out = model.predict(pd.DataFrame({"prompt": ["a red circle in the center"], "seed": [0]}),
+                    params={"num_inference_steps": 2})
+image = Image.open(io.BytesIO(base64.b64decode(out["image_png_b64"][0])))
+print(type(model.unwrap_python_model()).__name__, f"{image.width}x{image.height}")
 """
