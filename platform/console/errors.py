@@ -1,14 +1,14 @@
 """Exit codes and one-line errors, the same for every `maskunet` command.
 
 0 success, 1 failure at run time, 2 invalid input (bad config value or key, bad flag, missing
-file, a base or dataset that cannot be used). The terminal gets one line naming the field or
+file, a base or dataset that cannot be used), 3 refused by a gate (`maskunet promote`). The terminal gets one line naming the field or
 file; tracebacks go to the command's log file (or the terminal with --verbose).
 """
 import sys
 
 import click
 
-EXIT_OK, EXIT_FAILURE, EXIT_INVALID_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILURE, EXIT_INVALID_INPUT, EXIT_REFUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 class InvalidInput(click.ClickException):
@@ -30,11 +30,13 @@ def invalid_input_types() -> tuple[type, ...]:
     from maskunet_platform.config import ConfigError
     from maskunet_platform.data.reader import SchemaError
     from maskunet_platform.data.uri import DataSourceError
+    from maskunet_platform.registry.files import ModelUriError
+    from maskunet_platform.registry.gate import GateSpecError
     from maskunet_platform.train.base_check import BaseModelError
     from maskunet_platform.train.runs import RunSelectionError
 
     return (ConfigError, ValidationError, SchemaError, DataSourceError, BaseModelError, RunSelectionError,
-            click.BadParameter)
+            ModelUriError, GateSpecError, click.BadParameter)
 
 
 def one_line(error: BaseException) -> str:

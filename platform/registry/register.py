@@ -41,6 +41,16 @@ def signature():
                             ParamSpec("masks", "boolean", True)]))
 
 
+def version_tags(job, run_id: str, run_name: str, post) -> dict[str, str]:
+    """Where a version came from and what it was scored on (post: PostTrainingResult)."""
+    from maskunet_platform.registry.evidence import evidence_tags, heldout_evidence, shapes_evidence
+
+    source = {"run_id": run_id, "data_source": job.data.source, "base_model": job.model.base,
+              "ray_run_name": run_name, "mask_config": json.dumps(job.mask.model_dump(mode="json"), sort_keys=True)}
+    shapes = shapes_evidence(post.shapes) if post.shapes is not None else None
+    return {**source, **evidence_tags(heldout_evidence(post.eval, job, "holdout"), shapes)}
+
+
 def _folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 

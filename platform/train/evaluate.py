@@ -3,6 +3,7 @@
 Reports the denoising loss per timestep bucket and overall for both, plus the masks' drop
 fraction per layer and bucket (the sparsity heatmap). Masks are deterministic (eval mode).
 """
+import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -21,6 +22,7 @@ class EvalResult:
     masked_loss: dict[str, float]
     rows: int
     layer_drop: dict[str, list[float]] = field(default_factory=dict)  # layer -> drop fraction per bucket
+    data_fingerprint: str = ""  # sha256 over the evaluated rows' inputs, in order (see data_digest)
 
     def metrics(self, prefix: str = "eval/") -> dict[str, float]:
         out = {f"{prefix}rows": float(self.rows)}
@@ -50,9 +52,10 @@ def paired_eval(base: FrozenBase, generator: MaskGenerator, batches: Iterable[di
     sums = {kind: torch.zeros(buckets, dtype=torch.float64) for kind in ("base", "masked")}
     counts = torch.zeros(buckets, dtype=torch.float64)
     drop_sums: dict[str, torch.Tensor] = {}
-    rng, seen = torch.Generator().manual_seed(seed), 0
+    rng, seen, digest = torch.Generator().manual_seed(seed), 0, hashlib.sha256()
     try:
         for batch in batches:
+            update_data_digest(digest, batch, min(_rows_in(batch), rows - seen))
             latents, states = batch_inputs(base, batch, base.unet.device, base.unet.dtype, _vae_rng(base, batch, rng))
             take = min(latents.shape[0], rows - seen)
             latents, states = latents[:take], states[:take]
@@ -74,7 +77,27 @@ def paired_eval(base: FrozenBase, generator: MaskGenerator, batches: Iterable[di
         masked.unwrap()  # leave the base U-Net as it was
     if not seen:
         raise ValueError("paired eval got no rows: the held-out data is empty")
-    return _summarise(names, sums, counts, drop_sums, seen)
+    result = _summarise(names, sums, counts, drop_sums, seen)
+    result.data_fingerprint = digest.hexdigest()
+    return result
+
+
+# The inputs that identify a held-out row, raw or pre-encoded (not derived values such as masks).
+FINGERPRINT_KEYS = ("pixel_values", "input_ids", "latents", "latents_std", "encoder_hidden_states")
+
+
+def _rows_in(batch: dict) -> int:
+    return next(len(batch[key]) for key in FINGERPRINT_KEYS if key in batch)
+
+
+def update_data_digest(digest, batch: dict, take: int) -> None:
+    """Hash the first `take` rows' inputs: two evaluations saw the same rows in the same order
+    exactly when their digests agree (the registry's promotion gate relies on it)."""
+    for key in FINGERPRINT_KEYS:
+        if key in batch:
+            values = batch[key][:take].contiguous().cpu()
+            digest.update(f"{key}:{tuple(values.shape)}:{values.dtype}".encode())
+            digest.update(values.reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype, bf16 too
 
 
 def _vae_rng(base: FrozenBase, batch: dict, rng: torch.Generator) -> torch.Generator | None:

@@ -82,20 +82,19 @@ def _log_and_register(job: JobConfig, outcome, target, post, job_yaml: Optional[
                 client.log_artifact(target.run_id, str(tmp / name))
         log_metrics(client, target.run_id, outcome.eval, int(outcome.metrics.get("step", 0)))
         if job.tracking.register_model:
-            outcome.model_version = _register(job, outcome, target, resolve_base(job.model), tmp)
+            outcome.model_version = _register(job, outcome, target, post, tmp)
     outcome.timings["log_and_register"] = time.perf_counter() - started
     client.set_terminated(target.run_id, "FINISHED")
     outcome.artifact_uri = client.get_run(target.run_id).info.artifact_uri
 
 
-def _register(job: JobConfig, outcome, target, base_location: str, work_dir: Path) -> str:
-    from maskunet_platform.registry.register import log_and_register
+def _register(job: JobConfig, outcome, target, post, work_dir: Path) -> str:
+    from maskunet_platform.registry.register import log_and_register, version_tags
 
     s = job.train.samples
-    tags = {"run_id": target.run_id, "data_source": job.data.source, "base_model": job.model.base,
-            "ray_run_name": outcome.run_name}
     version = log_and_register(target.run_id, target.tracking_uri, job.tracking.registered_model_name,
-                               base_location, outcome.generator_dir, tags,
+                               resolve_base(job.model), outcome.generator_dir,
+                               version_tags(job, target.run_id, outcome.run_name, post),
                                {"num_inference_steps": s.num_inference_steps, "guidance_scale": s.guidance_scale},
                                work_dir)
     return str(version.version)
