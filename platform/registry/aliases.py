@@ -38,10 +38,15 @@ def actor() -> str:
         return "unknown"
 
 
+def alias_map(model) -> dict[str, str]:
+    """alias -> version as a string (stores differ: sqlite gives ints, the REST API strings)."""
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
 def holder(client, name: str, alias: str) -> Optional[str]:
     """The version the alias names now (read from the registered model: version searches may
     omit aliases), or None."""
-    return client.get_registered_model(name).aliases.get(alias)
+    return alias_map(client.get_registered_model(name)).get(alias)
 
 
 def version_tag(alias: str, field: str) -> str:

@@ -2,7 +2,7 @@
 source runs, and when and by whom each alias was set (the alias history tag)."""
 from datetime import datetime, timezone
 
-from maskunet_platform.registry.aliases import read_history
+from maskunet_platform.registry.aliases import alias_map, read_history
 from maskunet_platform.registry.evidence import SHAPES_SCORE, read_evidence
 
 KEY_METRICS = ("eval/base_loss_overall", "eval/masked_loss_overall", SHAPES_SCORE)
@@ -18,7 +18,7 @@ def list_models(client) -> list[dict]:
         versions = client.search_model_versions(f"name='{model.name}'")
         out.append({"name": model.name, "versions": len(versions),
                     "latest_version": max((int(v.version) for v in versions), default=None),
-                    "aliases": dict(model.aliases), "updated": _when(model.last_updated_timestamp)})
+                    "aliases": alias_map(model), "updated": _when(model.last_updated_timestamp)})
     return sorted(out, key=lambda m: m["name"])
 
 
@@ -43,7 +43,7 @@ def show_model(client, name: str) -> dict:
         model = client.get_registered_model(name)
     except MlflowException as e:
         raise ModelUriError(f"registered model {name!r}: {str(e).splitlines()[0]}") from None
-    aliases = dict(model.aliases)
+    aliases = alias_map(model)
     versions = sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version), reverse=True)
     history = read_history(client, name)
     set_by = {}

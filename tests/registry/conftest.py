@@ -23,8 +23,9 @@ class RegistryWorld:
     evidence: dict[str, dict]  # label -> {kind: Evidence}
     work: Path
 
-    def register(self, name: str, label: str, evidence=None) -> str:
-        """A new version of `name` holding generator `label`, tagged like a training run's."""
+    def register(self, name: str, label: str, evidence=None, tracking_uri=None) -> str:
+        """A new version of `name` holding generator `label`, tagged like a training run's
+        (on the session's MLflow server, or another store)."""
         import json
 
         from mlflow import MlflowClient
@@ -32,7 +33,8 @@ class RegistryWorld:
         from maskunet_platform.registry.evidence import evidence_tags
         from maskunet_platform.registry.register import log_and_register
 
-        client = MlflowClient(self.tracking_uri)
+        tracking_uri = tracking_uri or self.tracking_uri
+        client = MlflowClient(tracking_uri)
         experiment = client.get_experiment_by_name("registry-tests") or client.get_experiment(
             client.create_experiment("registry-tests"))
         run = client.create_run(experiment.experiment_id, run_name=f"{name}-{label}")
@@ -41,7 +43,7 @@ class RegistryWorld:
                 **evidence_tags(*(evidence or self.evidence[label]).values())}
         work = self.work / f"{name}-{label}-{run.info.run_id}"
         work.mkdir(parents=True)
-        version = log_and_register(run.info.run_id, self.tracking_uri, name, self.base, self.generators[label], tags,
+        version = log_and_register(run.info.run_id, tracking_uri, name, self.base, self.generators[label], tags,
                                    {"num_inference_steps": 2, "guidance_scale": 7.5}, work)
         client.set_terminated(run.info.run_id)
         return str(version.version)

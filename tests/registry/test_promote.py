@@ -118,6 +118,15 @@ def test_logged_evidence_is_reused_only_when_the_fingerprints_match(registry_wor
     assert loss["challenger"] == pytest.approx(eight_rows["heldout"].metrics[LOSS], rel=1e-5)
 
 
+def test_embedded_store_promotes_then_reports_unchanged(registry_world, tmp_path):
+    """The embedded sqlite store (as `make run` uses) returns alias versions as ints: same result."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    version = registry_world.register("local", "identity", tracking_uri=store)
+    for expected in ("promoted", "unchanged"):
+        result = CliRunner().invoke(main, ["promote", "local", "--version", version, "--tracking-uri", store, "--json"])
+        assert result.exit_code == 0 and json.loads(result.stdout)["action"] == expected, result.output
+
+
 class BarrierProgress:
     """Console progress whose "move" stage waits until both promotions reach it, so the two
     decide on the same (then stale) holder and race for the alias."""
