@@ -9,6 +9,7 @@ from maskunet_platform.commands.data import data
 from maskunet_platform.commands.model import generate, init_base
 from maskunet_platform.commands.pretrain import pretrain_base
 from maskunet_platform.commands.registry import promote, registry
+from maskunet_platform.commands.sweep import sweep
 from maskunet_platform.commands.train import evaluate, train
 from maskunet_platform.commands.ui import ui
 from maskunet_platform.console.errors import MaskunetGroup
@@ -32,6 +33,7 @@ main.add_command(ui)
 main.add_command(bench)
 main.add_command(registry)
 main.add_command(promote)
+main.add_command(sweep)
 
 if __name__ == "__main__":
     main()

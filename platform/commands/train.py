@@ -27,7 +27,7 @@ def load_job_or_fail(config_path: Optional[str], overrides: tuple[str, ...]):
         raise InvalidInput(str(e)) from None
 
 
-def _ensure_sample_data(job, session: Session) -> None:
+def ensure_sample_data(job, session: Session) -> None:
     """The embedded default reads local sample data; write it when the folder is missing."""
     source = job.data.source
     if "://" in source or Path(source).expanduser().exists():
@@ -63,7 +63,7 @@ def train(session: Session, config_path, overrides, address, resume_run, start_n
         session.line(plan.why)
         if plan.warning:
             session.warn(plan.warning)
-        _ensure_sample_data(job, session)
+        ensure_sample_data(job, session)
     outcome = train_job(job, address=address, job_yaml=yaml_text, plan=plan, progress=session.progress,
                         log_file=str(session.log.path), base_checked=True)
     session.finish(training_summary(outcome), next_step=_look_at(outcome, job))

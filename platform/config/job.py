@@ -10,6 +10,7 @@ from maskunet_platform.config.model import MaskSection, ModelSection
 from maskunet_platform.config.data import DataSection
 from maskunet_platform.config.tracking import TrackingSection
 from maskunet_platform.config.train import TrainSection
+from maskunet_platform.config.tune import TuneSection
 
 
 class ConfigError(ValueError):
@@ -23,6 +24,9 @@ class JobConfig(Section):
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    # Only `maskunet sweep` reads it; excluded from dumps, so it never changes what a trial's
+    # run is (fingerprints, params) or what workers receive.
+    tune: TuneSection = Field(default_factory=TuneSection, exclude=True)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

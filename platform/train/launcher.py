@@ -46,11 +46,16 @@ class TrainingOutcome:
         return cls(**{**known, "action": "finished", "why": plan.why})
 
 
-def connect_ray(address: Optional[str], job: JobConfig) -> None:
+def connect_ray(address: Optional[str], job: JobConfig, dashboard: bool = False) -> None:
     """Join a cluster (`--address`/RAY_ADDRESS) or start a local Ray sized for workers + data tasks.
 
     Workers get the driver's settings and credentials from its environment (worker_env.py);
-    each worker sets its own DeepSpeed env (configure_worker_env, `~` expanded there)."""
+    each worker sets its own DeepSpeed env (configure_worker_env, `~` expanded there).
+    `dashboard` (sweeps): a local Ray with its dashboard on 127.0.0.1, named to every worker
+    through RAY_API_SERVER_ADDRESS. Ray Train's placement-group cleaner asks the state API
+    whether a trial's Train controller is alive; without the dashboard, or with another Ray
+    on the machine, it cannot, and the placement group of a trial ASHA stopped leaks and
+    starves the next trial."""
     from maskunet_platform.train.worker_env import check_cluster_tracking, worker_runtime_env
 
     address = address or os.environ.get("RAY_ADDRESS")
@@ -65,10 +70,23 @@ def connect_ray(address: Optional[str], job: JobConfig) -> None:
     # Training workers hold their CPUs for the whole run; Ray Data's read/preprocess tasks
     # need slots of their own, or the input pipeline starves.
     need = int(job.train.num_workers * job.train.cpus_per_worker) + 2
-    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False, runtime_env=runtime_env)
+    options: dict = {"include_dashboard": dashboard}
+    if dashboard:
+        port = free_local_port()
+        options |= {"dashboard_host": "127.0.0.1", "dashboard_port": port}
+        runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=runtime_env, **options)
 
 
-def run_config(job: JobConfig, run_name: str):
+def free_local_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_config(job: JobConfig, run_name: str, callbacks: tuple = ()):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     storage_path, filesystem = storage_location(job.train.storage_path, job.data.s3_endpoint_url)
@@ -76,6 +94,7 @@ def run_config(job: JobConfig, run_name: str):
         name=run_name, storage_path=storage_path, storage_filesystem=filesystem,
         failure_config=FailureConfig(max_failures=job.train.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=job.train.checkpoints_to_keep),
+        callbacks=list(callbacks),
     )
 
 
@@ -92,7 +111,10 @@ def storage_location(storage_path: str, endpoint_url: Optional[str] = None, crea
     return str(local), None
 
 
-def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_location: str, board=None):
+def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_location: str, board=None,
+                  quick_eval: Optional[dict] = None, callbacks: tuple = ()):
+    """`quick_eval`: fixed held-out rows scored at every report; `callbacks`: Ray Train run
+    callbacks (a sweep's trial passes Tune's report callback)."""
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -115,11 +137,12 @@ def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "tracking": tracking,
-                           "drop_counter": drop_counter_name(run_name), "progress": board},
+                           "drop_counter": drop_counter_name(run_name), "progress": board,
+                           "quick_eval": quick_eval},
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend=backend),
-        run_config=run_config(job, run_name),
+        run_config=run_config(job, run_name, callbacks),
         datasets=datasets,
         dataset_config=DataConfig(execution_options=execution_options(job.data)),
     )

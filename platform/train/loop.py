@@ -3,7 +3,7 @@ import logging
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import ray.train
 import torch
@@ -19,6 +19,7 @@ from maskunet_platform.train.checkpoint import (download_for_rank, restore_train
 from maskunet_platform.train.engine import Engine, build_engine, configure_worker_env
 from maskunet_platform.train.recovery import checkpoint_dir_name, checkpoint_to_resume, mark_complete
 from maskunet_platform.train.metrics import MetricWindow, gather_per_rank, realised_sparsity
+from maskunet_platform.train.quick_eval import QuickEval
 from maskunet_platform.train.rng import fingerprint, resume_streams
 from maskunet_platform.train.tracking import WorkerTracker
 
@@ -44,6 +45,7 @@ class Worker:
     rng: torch.Generator
     tracker: WorkerTracker
     board: BoardClient  # rank 0's progress to the driver's console (a no-op elsewhere)
+    quick: Optional[QuickEval] = None  # fixed held-out rows scored at every report (sweeps)
 
 
 def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -98,7 +100,11 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     tracker = WorkerTracker(config.get("tracking"), enabled=rank == 0, settings=job.tracking)
     board = BoardClient(config.get("progress"), enabled=rank == 0)
     board.forward_warnings()
-    return Worker(job, base, masked, engine, rank, world_size, rng, tracker, board)
+    quick = None
+    if config.get("quick_eval"):
+        quick = QuickEval.prepare(base, config["quick_eval"], device, DTYPES[job.train.precision],
+                                  job.train.eval.seed, job.train.eval.timestep_buckets)
+    return Worker(job, base, masked, engine, rank, world_size, rng, tracker, board, quick)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -144,6 +150,8 @@ def _step_metrics(w: Worker, step: int, resume_step: int) -> dict[str, float]:
         metrics["train/loss_scale"] = w.engine.loss_scale.scale
     if stats["rho"] is not None:
         metrics["train/sparsity_expected"] = stats["rho"]
+    if w.quick is not None:
+        metrics |= w.quick.metrics(w.engine.forward_module, w.masked, w.base.noise_scheduler)
     return metrics
 
 

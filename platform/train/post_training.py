@@ -67,7 +67,9 @@ def run_post_training(job: JobConfig, generator: GeneratorSource, data_uri: Opti
                       shapes: bool = False) -> PostTrainingResult:
     """Run the post-training task on the cluster and wait for it (Ray must be connected).
     `shapes`: also the shapes benchmark, when `train.eval.shapes.prompts` asks for it."""
-    task = ray.remote(_post_training).options(**task_resources(job), max_retries=1)
+    # DEFAULT scheduling: called from a sweep trial, the task must not be captured by the
+    # trial's one-CPU placement group (it runs after the trial's Train workers let go of theirs).
+    task = ray.remote(_post_training).options(**task_resources(job), max_retries=1, scheduling_strategy="DEFAULT")
     return ray.get(task.remote(job.model_dump(mode="json"), generator, data_uri, split, heatmap, samples, shapes))
 
 

@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over the job config: search space, trial driver, MLflow parent/child runs."""

@@ -1,0 +1,48 @@
+"""A bad sweep spec fails with exit 2 and a one-line message naming the problem, within
+seconds and before Ray starts (all cases in one fresh process that never had Ray)."""
+import json
+import subprocess
+import sys
+import time
+
+CASES = [
+    ("tune.search_space={mask.nope: {choice: [1]}}", "mask.nope: not a field"),
+    ("tune.search_space={tune.metric: {choice: [x]}}", "tune.metric: not a field"),
+    ("tune.search_space={mask.tau: {uniform: [-1.0, 2.0]}}", "mask.tau: uniform value -1.0 is invalid"),
+    ("tune.search_space={mask.tau: {uniform: [0.0, 2.0]}}", "mask.tau: uniform value 0.0 is invalid"),
+    ("tune.search_space={mask.tau: {uniform: [3.0, 1.0]}}", "lower bound 3.0 must be below"),
+    ("tune.search_space={mask.tau: {loguniform: [0.0, 1.0]}}", "loguniform: bounds must be > 0"),
+    ("tune.search_space={mask.tau: {choice: []}}", "choice: needs at least one value"),
+    ("tune.search_space={mask.tau: {normal: [0, 1]}}", "mask.tau.normal"),
+    ("tune.search_space={mask.threshold: {grid: [0.5, 1.5]}}", "mask.threshold: grid value 1.5 is invalid"),
+    ("tune.search_space={}", "tune.search_space: empty"),
+    ("tune.scheduler.type=hyperband", "tune.scheduler.type"),
+    ("tune.metric=train/loss", "tune.metric 'train/loss'"),
+]
+
+PROBE = """
+import json, sys, time
+from click.testing import CliRunner
+from maskunet_platform.cli import main
+out = []
+for override in json.loads(sys.argv[1]):
+    started = time.perf_counter()
+    result = CliRunner().invoke(main, ["sweep", "--set", override, "--set", "tune.storage_path=" + sys.argv[2]])
+    out.append([result.exit_code, result.output, time.perf_counter() - started])
+import ray
+print(json.dumps({"results": out, "ray_started": ray.is_initialized()}))
+"""
+
+
+def test_bad_sweep_specs_exit_2_naming_the_problem_before_ray_starts(tmp_path):
+    started = time.perf_counter()
+    probe = subprocess.run([sys.executable, "-c", PROBE, json.dumps([c for c, _ in CASES]), str(tmp_path)],
+                           capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    report = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert report["ray_started"] is False
+    for (override, message), (code, output, seconds) in zip(CASES, report["results"]):
+        assert code == 2, (override, output)
+        assert message in output and "Traceback" not in output, (override, output)
+        assert len(output.strip().splitlines()) == 1 and seconds < 5, (override, output, seconds)
+    assert time.perf_counter() - started < 120
