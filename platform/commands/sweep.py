@@ -2,7 +2,7 @@
 import click
 
 from maskunet_platform.commands.train import ensure_sample_data, load_job_or_fail
-from maskunet_platform.console.errors import InvalidInput
+from maskunet_platform.console.errors import Interrupted, InvalidInput
 from maskunet_platform.console.session import Session, console_command
 from maskunet_platform.console.summary import Summary
 
@@ -21,7 +21,7 @@ def sweep(session: Session, config_path, overrides, name, resume, address) -> No
     the full paired evaluation ranks the finished ones; MLflow parent + child runs."""
     from maskunet_platform.config import ConfigError
     from maskunet_platform.train.base_check import check_base
-    from maskunet_platform.tune.sweep import SweepSelectionError, check_sweep, run_sweep
+    from maskunet_platform.tune.sweep import SweepInterrupted, SweepSelectionError, check_sweep, run_sweep
 
     job, yaml_text = load_job_or_fail(config_path, overrides)
     name = name or f"{job.name}-sweep"
@@ -31,7 +31,10 @@ def sweep(session: Session, config_path, overrides, name, resume, address) -> No
         raise InvalidInput(str(e)) from None
     check_base(job.model)
     ensure_sample_data(job, session)
-    outcome = run_sweep(job, name, resume, address, yaml_text, session.progress)
+    try:
+        outcome = run_sweep(job, name, resume, address, yaml_text, session.progress)
+    except SweepInterrupted as e:
+        raise Interrupted(str(e)) from None
     summary = Summary(f"maskunet sweep {name}: {len(outcome.trials)} trials, ranked by {job.tune.metric} "
                       f"({job.tune.mode})", data=outcome.to_json())
     table = outcome.table()

@@ -23,6 +23,12 @@ class RunFailure(click.ClickException):
     exit_code = EXIT_FAILURE
 
 
+class Interrupted(click.ClickException):
+    """Stopped by the user with state saved: one line saying how to continue, exit code 130."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
 def invalid_input_types() -> tuple[type, ...]:
     """Exceptions that mean the user's input is wrong, not that running it failed."""
     from pydantic import ValidationError

@@ -17,10 +17,11 @@ class TrialRow:
     status: str
     sparsity: Optional[float] = None
     run_id: Optional[str] = None
+    seconds: float = 0.0  # the trial's wall time (Tune's time_total_s)
 
     def to_json(self) -> dict:
         return {"trial_id": self.trial_id, "run_id": self.run_id, "config": self.config, "metric": self.metric,
-                "steps": self.steps, "status": self.status}
+                "steps": self.steps, "status": self.status, "seconds": self.seconds}
 
 
 @dataclass
@@ -47,7 +48,7 @@ class SweepOutcome:
                 "metric": self.metric, "mode": self.mode,
                 "best": best and {"trial_id": best.trial_id, "run_id": best.run_id, "config": best.config,
                                   "metric": best.metric},
-                "trials": [t.to_json() for t in self.trials]}
+                "trials": [t.to_json() for t in self.trials], "wall_s": self.wall_s}
 
     def table(self) -> list[list[str]]:
         """Header + one row per trial (best marked)."""
@@ -77,6 +78,6 @@ def summarize(grid, job, sweep: str, parent) -> SweepOutcome:
         outcome.trials.append(TrialRow(
             str(trial_id), dict(result.config or {}), metrics.get(job.tune.metric) if status == COMPLETED else None,
             metrics.get("eval/quick_masked_loss"), int(metrics.get("step", 0)), status,
-            metrics.get("train/sparsity_realised")))
+            metrics.get("train/sparsity_realised"), seconds=float(metrics.get("time_total_s", 0.0))))
     outcome.trials.sort(key=lambda t: t.trial_id)
     return outcome

@@ -1,6 +1,7 @@
 """`maskunet sweep`: Ray Tune over the job config, every trial a Ray Train run, ASHA deciding
 on the quick held-out score, the full paired evaluation ranking finished trials, MLflow
 parent + child runs. `results.py` turns the Tune results into the table and the JSON."""
+import signal
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,12 +14,28 @@ from maskunet_platform.tune.trial import SweepSetup, run_trial
 QUICK_METRIC = "eval/quick_masked_loss"
 
 
+class SweepInterrupted(RuntimeError):
+    """Ctrl-C during the sweep: Tune saved its state; the message says how to resume."""
+
+
 class SweepSelectionError(ValueError):
     """--resume of a sweep that does not exist, or a new sweep over an existing one (invalid input)."""
 
 
-def sweep_path(job: JobConfig, name: str) -> Path:
-    return Path(job.tune.storage_path).expanduser().resolve() / name
+def sweep_storage(job: JobConfig):
+    """(root path, pyarrow filesystem or None): local, or s3:// through the project's S3 filesystem."""
+    from maskunet_platform.train.launcher import storage_location
+
+    return storage_location(job.tune.storage_path, job.data.s3_endpoint_url, create=False)
+
+
+def sweep_exists(job: JobConfig, name: str) -> bool:
+    import pyarrow.fs as pafs
+
+    root, filesystem = sweep_storage(job)
+    if filesystem is None:
+        return (Path(root) / name / "tuner.pkl").exists()
+    return filesystem.get_file_info(f"{root}/{name}/tuner.pkl").type == pafs.FileType.File
 
 
 def check_sweep(job: JobConfig, name: str, resume: bool) -> None:
@@ -27,7 +44,7 @@ def check_sweep(job: JobConfig, name: str, resume: bool) -> None:
     if job.tune.metric != QUICK_METRIC and not job.tune.metric.startswith("eval/"):
         raise SweepSelectionError(f"tune.metric {job.tune.metric!r}: trials report eval/... metrics "
                                   "(e.g. eval/masked_loss_overall, the full paired evaluation)")
-    exists = (sweep_path(job, name) / "tuner.pkl").exists()
+    exists = sweep_exists(job, name)
     if resume and not exists:
         raise SweepSelectionError(f"--resume: no sweep named {name!r} under {job.tune.storage_path}")
     if not resume and exists:
@@ -67,17 +84,27 @@ def run_sweep(job: JobConfig, name: str, resume: bool, address: Optional[str], j
     setup = SweepSetup(job.model_dump(mode="json"), name, base_location, quick,
                        parent and {"parent_run_id": parent.run_id})
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": 1})
-    path = sweep_path(job, name)
+    root, filesystem = sweep_storage(job)
     if resume:
-        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(f"{root}/{name}", trainable, resume_unfinished=True, resume_errored=False,
+                                   storage_filesystem=filesystem)
     else:
         tuner = tune.Tuner(trainable, param_space=param_space(job.tune), tune_config=tune.TuneConfig(
             num_samples=job.tune.num_samples, max_concurrent_trials=job.tune.max_concurrent_trials,
             scheduler=scheduler(job)), run_config=tune.RunConfig(
-            name=name, storage_path=str(path.parent), failure_config=tune.FailureConfig(
+            name=name, storage_path=root, storage_filesystem=filesystem, failure_config=tune.FailureConfig(
                 max_failures=job.train.max_failures), verbose=0))
+    handler = signal.getsignal(signal.SIGINT)
     with progress.stage(f"sweep {name} (trials as Ray Train runs)"):
         grid = tuner.fit()
+    # On Ctrl-C Tune saves its state, puts back the SIGINT handler it found and returns as if
+    # done; after a full run its own handler is still installed.
+    if signal.getsignal(signal.SIGINT) is handler:
+        if parent is not None:
+            from mlflow import MlflowClient
+
+            MlflowClient(parent.tracking_uri).set_terminated(parent.run_id, "KILLED")  # resumable
+        raise SweepInterrupted(f"sweep {name!r} interrupted; `maskunet sweep --name {name} --resume` continues it")
     outcome = summarize(grid, job, name, parent)
     outcome.wall_s = time.perf_counter() - started
     if parent is not None:

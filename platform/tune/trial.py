@@ -15,6 +15,7 @@ from maskunet_platform.config import JobConfig
 from maskunet_platform.tune.space import trial_job
 
 FINAL_FLAG = "final"  # set on the last result of a trial that trained to the end
+CHECKPOINT_TAG = "maskunet.checkpoint"  # the final Train checkpoint of a completed trial
 
 
 @dataclass
@@ -55,19 +56,23 @@ def run_trial(config: dict[str, Any], setup: SweepSetup) -> None:
 
 
 def _full_eval(job: JobConfig, checkpoint, target) -> dict[str, float]:
-    """The full paired held-out evaluation of the trained generator (a Ray task), logged."""
+    """The full paired held-out evaluation of the trained generator (a Ray task), logged with
+    its registry evidence, so the best trial can be registered (and promoted) later."""
     from maskunet_platform.train.post_training import GeneratorSource, run_post_training
 
-    metrics = run_post_training(job, GeneratorSource(checkpoint=checkpoint)).eval.metrics()
+    post = run_post_training(job, GeneratorSource(checkpoint=checkpoint))
+    metrics = post.eval.metrics()
     if target is not None:
         from mlflow import MlflowClient
 
-        from maskunet_platform.train.checkpoint import GENERATOR_DIR
+        from maskunet_platform.registry.evidence import heldout_evidence
         from maskunet_platform.train.tracking import log_metrics
 
         client = MlflowClient(target.tracking_uri)
         log_metrics(client, target.run_id, metrics, job.train.steps)
-        client.set_tag(target.run_id, "maskunet.checkpoint", f"{checkpoint.path}/{GENERATOR_DIR}")
+        evidence = heldout_evidence(post.eval, job, "holdout")
+        client.set_tag(target.run_id, evidence.tag, evidence.to_tag_value())
+        client.set_tag(target.run_id, CHECKPOINT_TAG, checkpoint.path)
     return metrics
 
 

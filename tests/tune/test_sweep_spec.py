@@ -46,3 +46,15 @@ def test_bad_sweep_specs_exit_2_naming_the_problem_before_ray_starts(tmp_path):
         assert message in output and "Traceback" not in output, (override, output)
         assert len(output.strip().splitlines()) == 1 and seconds < 5, (override, output, seconds)
     assert time.perf_counter() - started < 120
+
+
+def test_shipped_sweep_jobs_are_valid():
+    from maskunet_platform.config import load_job
+    from maskunet_platform.tune.space import check_search_space
+
+    local, sd15 = load_job("jobs/sweep-local.yaml"), load_job("jobs/sweep-sd15.yaml")
+    for job in (local, sd15):
+        check_search_space(job)
+    assert local.model.base == "~/.cache/maskunet/shapes-base" and not local.train.use_gpu
+    assert sd15.train.use_gpu and sd15.tune.max_concurrent_trials * sd15.train.num_workers <= 8
+    assert {"mask.tau", "mask.threshold"} <= set(local.tune.search_space)  # tau moves with the threshold
