@@ -68,6 +68,11 @@ class LogitMasks:
             module.mask = None
 
     @torch.no_grad()
+    def hard_masks(self) -> dict[str, torch.Tensor]:
+        """The current binary masks {layer: bool (1, out, fan_in)}, True = kept."""
+        return {name: self._scores(name) > 0 for name in self.logits}
+
+    @torch.no_grad()
     def drop_fractions(self) -> dict[str, float]:
         """Per layer, the fraction of entries the current mask drops."""
         return {name: (self._scores(name) <= 0).float().mean().item() for name in self.logits}

@@ -45,6 +45,7 @@ class StepRecord:
     reward_before: float | None = None
     reward_after: float | None = None
     drop_fraction: dict[str, float] = field(default_factory=dict)
+    flipped: int = 0  # mask entries the optimisation changed
     seconds: float = 0.0
 
 
@@ -89,10 +90,12 @@ class TrainingFreeSampler:
     `reward(images, prompts) -> (B,)` scores images in [0, 1] (B, 3, H, W); higher is better.
     """
 
-    def __init__(self, pipe, reward, config: TrainingFreeConfig | None = None):
+    def __init__(self, pipe, reward, config: TrainingFreeConfig | None = None, on_masks=None):
         if getattr(pipe, "masks_enabled", False):
             raise ValueError("training-free sampling runs on the base U-Net: turn the trained masks off first")
         self.pipe, self.reward, self.config = pipe, reward, config or TrainingFreeConfig()
+        # on_masks(record, masks: LogitMasks) after each step's optimisation (tests, inspection).
+        self.on_masks = on_masks
         self._inner = False  # True while the sampler itself calls the U-Net
 
     def __call__(self, prompt: str | list[str], num_inference_steps: int = 15, num_images_per_prompt: int = 1,
@@ -105,8 +108,9 @@ class TrainingFreeSampler:
         self._masks = LogitMasks(unet, self.config.layers)
         hooks = [unet.register_forward_pre_hook(self._before_unet, with_kwargs=True),
                  unet.register_forward_hook(self._after_unet, with_kwargs=True)]
-        vae_grad = [p.requires_grad for p in self.pipe.vae.parameters()]
-        self.pipe.vae.requires_grad_(False)  # gradients reach the logits only
+        frozen = [p for m in (unet, self.pipe.vae, self.pipe.text_encoder) for p in m.parameters() if p.requires_grad]
+        for p in frozen:  # gradients reach the logits only
+            p.requires_grad_(False)
         start = time.perf_counter()
         try:
             out = self.pipe(prompt, num_inference_steps=num_inference_steps,
@@ -115,8 +119,8 @@ class TrainingFreeSampler:
             for hook in hooks:
                 hook.remove()
             self._masks.remove()
-            for p, flag in zip(self.pipe.vae.parameters(), vae_grad):
-                p.requires_grad_(flag)
+            for p in frozen:
+                p.requires_grad_(True)
         return TrainingFreeOutput(out.images, self._records, time.perf_counter() - start)
 
     # ---- U-Net hooks -------------------------------------------------------------------
@@ -153,6 +157,7 @@ class TrainingFreeSampler:
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + record.step)
         params = self._masks.reset(cfg.keep_probability, generator)
+        initial = self._masks.hard_masks()
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self._masks.attach()
         with torch.enable_grad():
@@ -165,6 +170,10 @@ class TrainingFreeSampler:
                 optimizer.step()
                 del reward  # the graph is already freed by backward
         record.drop_fraction = self._masks.drop_fractions()
+        record.flipped = sum(int((initial[n] != m).sum()) for n, m in self._masks.hard_masks().items())
+        del initial
+        if self.on_masks is not None:
+            self.on_masks(record, self._masks)
         # The final mask stays attached for the pipeline's own U-Net call.
 
     def _unet_call(self, unet, args, kwargs) -> torch.Tensor:
