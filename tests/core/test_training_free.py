@@ -207,3 +207,60 @@ def test_shapes_reward_prefers_the_described_scene():
     assert rewards[0] > rewards[1] and rewards[0] > rewards[2] and rewards[0] > rewards[3]
     rewards.sum().backward()
     assert images.grad.abs().sum() > 0
+
+
+def test_cli_generate_training_free_writes_the_report(shapes_base, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from maskunet_platform.cli import main as cli
+
+    out, report = tmp_path / "tf.png", tmp_path / "report.json"
+    result = CliRunner().invoke(cli, ["generate", PROMPT, "--base", shapes_base, "--steps", "3", "--out", str(out),
+                                      "--training-free", "--reward", "shapes:2", "--tf-schedule", "0,2",
+                                      "--tf-lr", "0.05", "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["scheduler"] == "dpm++2m" and data["rewards"] == ["shapes:2"]
+    assert [s["iterations"] for s in data["steps"]] == [0, 2, 2]
+    assert all(s["reward_before"] is not None and s["reward_after"] is not None for s in data["steps"])
+    assert data["steps"][0]["drop_fraction"] == {} and len(data["steps"][1]["drop_fraction"]) > 0
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--training-free", "--tf-lr", "-1"], "--tf-lr"),
+    (["--training-free", "--tf-iters", "2", "--tf-schedule", "1"], "--tf-iters"),
+    (["--training-free", "--tf-schedule", "1x9"], "--tf-schedule"),
+    (["--training-free", "--tf-keep", "1.5"], "--tf-keep"),
+    (["--training-free", "--reward", "fid"], "--reward"),
+    (["--training-free", "--reward", "clip"], "MASKUNET_CLIP_PATH"),
+    (["--reward", "shapes"], "--reward needs --training-free"),
+    (["--scheduler", "pndm"], "--scheduler"),
+])
+def test_cli_bad_sampler_options_exit_2_naming_the_option(tiny_base, tmp_path, args, option, monkeypatch):
+    from click.testing import CliRunner
+
+    from maskunet_platform.cli import main as cli
+
+    monkeypatch.delenv("MASKUNET_CLIP_PATH", raising=False)
+    result = CliRunner().invoke(cli, ["generate", "x", "--base", tiny_base, "--steps", "2",
+                                      "--out", str(tmp_path / "x.png"), *args])
+    assert result.exit_code == 2, result.output
+    assert option in result.output and not (tmp_path / "x.png").exists()
+
+
+def test_cli_scheduler_option_without_training_free(tiny_base, tmp_path):
+    from click.testing import CliRunner
+
+    from maskunet_platform.cli import main as cli
+
+    runs = {}
+    for scheduler in ("ddim", "euler"):
+        out = tmp_path / f"{scheduler}.png"
+        result = CliRunner().invoke(cli, ["generate", "a red circle", "--base", tiny_base, "--steps", "3",
+                                          "--scheduler", scheduler, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        runs[scheduler] = out.read_bytes()
+    assert runs["ddim"] != runs["euler"]
