@@ -132,8 +132,8 @@ class ClipReward:
         self.model = _frozen(CLIPModel.from_pretrained(str(folder), use_safetensors=True), device)
         self.tokenizer = CLIPTokenizer.from_pretrained(str(folder))
         processor = CLIPImageProcessor.from_pretrained(str(folder))
-        crop = processor.crop_size
-        self.size = crop["height"] if isinstance(crop, dict) else int(crop)
+        crop = processor.crop_size  # a dict (transformers 4), a SizeDict (5) or an int
+        self.size = int(getattr(crop, "height", None) or (crop["height"] if isinstance(crop, dict) else crop))
         self.mean, self.std = processor.image_mean, processor.image_std
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

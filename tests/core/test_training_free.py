@@ -274,3 +274,47 @@ def test_cli_scheduler_option_without_training_free(tiny_base, tmp_path):
         assert result.exit_code == 0, result.output
         runs[scheduler] = out.read_bytes()
     assert runs["ddim"] != runs["euler"]
+
+
+def test_cli_bench_shapes_training_free_is_paired_with_plain(shapes_base, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from maskunet_platform.cli import main as cli
+
+    result = CliRunner().invoke(cli, ["bench", "shapes", "--base", shapes_base, "--prompts", "2", "--seeds", "1",
+                                      "--steps", "3", "--training-free", "--compare", "--tf-schedule", "1",
+                                      "--no-tracking", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["results"]) == {"base", "training_free"} and report["items"] == 2
+    assert report["difference"]["background"]["n"] == 2
+
+
+def test_clip_reward_from_a_local_folder_is_differentiable(tmp_path):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    from maskunet.tiny import write_tokenizer_files
+
+    write_tokenizer_files(tmp_path)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tmp_path), pad_token="<|endoftext|>")
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, eos_token_id=tokenizer.eos_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    CLIPModel(config).save_pretrained(tmp_path, safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+
+    reward = build_reward([f"clip={tmp_path}:2", "shapes:0.5"])
+    images = torch.rand(2, 3, 64, 64, requires_grad=True)
+    value = reward(images, [PROMPT, "a red circle"])
+    assert value.shape == (2,) and torch.isfinite(value).all()
+    clip_alone = build_reward([f"clip={tmp_path}"])(images, [PROMPT, "a red circle"])
+    assert torch.allclose(value, 2 * clip_alone + 0.5 * ShapesReward()(images, [PROMPT, "a red circle"]))
+    value.sum().backward()
+    assert images.grad.abs().sum() > 0
