@@ -100,6 +100,10 @@ class TrainingFreeSampler:
 
     def __call__(self, prompt: str | list[str], num_inference_steps: int = 15, num_images_per_prompt: int = 1,
                  **pipe_kwargs) -> TrainingFreeOutput:
+        if prompt is None:
+            raise ValueError("training-free sampling needs the prompt text (the rewards read it), not prompt_embeds")
+        if pipe_kwargs.get("guidance_rescale", 0.0):
+            raise ValueError("training-free sampling does not support guidance_rescale (x0-hat would not match)")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         self._prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         self._schedule = parse_iteration_schedule(self.config.schedule, num_inference_steps)
@@ -133,7 +137,7 @@ class TrainingFreeSampler:
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
         record = StepRecord(step, float(timestep), self._schedule[step])
         self._records.append(record)
-        record.seconds = time.perf_counter()
+        self._step_start = time.perf_counter()
         if record.iterations > 0:
             self._optimise(unet, args, kwargs, record)
         return None
@@ -149,7 +153,7 @@ class TrainingFreeSampler:
             if record.iterations == 0:
                 record.reward_before = record.reward_after
         self._masks.detach()
-        record.seconds = time.perf_counter() - record.seconds
+        record.seconds = time.perf_counter() - self._step_start
         return None
 
     # ---- the per-step optimisation -------------------------------------------------------
