@@ -91,8 +91,10 @@ class TrainingFreeSampler:
     """
 
     def __init__(self, pipe, reward, config: TrainingFreeConfig | None = None, on_masks=None):
-        if getattr(pipe, "masks_enabled", False):
-            raise ValueError("training-free sampling runs on the base U-Net: turn the trained masks off first")
+        # A MaskedUNet's block hooks set (or, switched off, clear) every masked layer's mask
+        # before each block runs, which would overwrite these masks.
+        if getattr(pipe, "masked_unet", None) is not None:
+            raise ValueError("training-free sampling runs on the base U-Net: load the pipeline without trained masks")
         self.pipe, self.reward, self.config = pipe, reward, config or TrainingFreeConfig()
         # on_masks(record, masks: LogitMasks) after each step's optimisation (tests, inspection).
         self.on_masks = on_masks

@@ -96,8 +96,8 @@ def prepare(pipe, choice: SamplerChoice):
         pipe.scheduler = make_scheduler(choice.scheduler, pipe.scheduler.config)
     if choice.training_free is None:
         return None
-    if pipe.masks_enabled:
-        raise InvalidInput("--training-free runs on the base U-Net: add --no-masks or drop --masks")
+    if pipe.masked_unet is not None:
+        raise InvalidInput("--training-free runs on the base U-Net: drop --masks")
     try:
         reward = build_reward(list(choice.rewards), device=pipe.unet.device)
     except ValueError as e:  # RewardUnavailable included: names the package or file
