@@ -3,6 +3,7 @@ from pathlib import Path
 
 import click
 
+from maskunet_platform.commands.generate_options import parse_sampler_options, prepare, sampler_options, write_report
 from maskunet_platform.console.errors import InvalidInput
 from maskunet_platform.console.session import Session, console_command
 from maskunet_platform.console.summary import Summary
@@ -44,13 +45,16 @@ def init_base(session: Session, out_dir: str, pretrained: bool, seed: int) -> No
 @click.option("--guidance", default=7.5, show_default=True, help="classifier-free guidance scale")
 @click.option("--size", default=None, type=int, help="image height and width (default: the model's)")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="PNG to write")
+@sampler_options
 @console_command("generate")
-def generate(session: Session, prompt, base, masks, no_masks, seed, steps, guidance, size, out_file) -> None:
-    """Generate one image for PROMPT with the masked (or plain) U-Net."""
+def generate(session: Session, prompt, base, masks, no_masks, seed, steps, guidance, size, out_file,
+             **sampler) -> None:
+    """Generate one image for PROMPT with the masked (or plain) U-Net, or training-free (--training-free)."""
     import torch
 
     from maskunet import MaskUNetPipeline
 
+    choice = parse_sampler_options(steps, **sampler)
     try:
         with session.progress.stage("load the pipeline"):
             pipe = MaskUNetPipeline.from_base(base, masks=masks)
@@ -58,6 +62,7 @@ def generate(session: Session, prompt, base, masks, no_masks, seed, steps, guida
         raise InvalidInput(f"cannot load base {base!r} / masks {masks!r}: {e}") from None
     if pipe.masked_unet is not None:
         pipe.masks_enabled = not no_masks
+    sampler_run = prepare(pipe, choice)
     pipe.set_progress_bar_config(disable=True)  # our own progress below
     denoise = session.progress.steps("denoise", steps)
 
@@ -65,13 +70,23 @@ def generate(session: Session, prompt, base, masks, no_masks, seed, steps, guida
         denoise.update(index + 1)
         return tensors
 
-    image = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-                 generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step).images[0]
+    kwargs = dict(num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
+                  generator=torch.Generator().manual_seed(seed), callback_on_step_end=on_step)
+    output = sampler_run(prompt, **kwargs) if sampler_run else pipe(prompt, **kwargs)
+    image = output.images[0]
     denoise.done()
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     image.save(out_file)
-    masks_state = "on" if pipe.masks_enabled else "off"
-    summary = Summary(f"maskunet generate: wrote {out_file} ({image.width}x{image.height}, masks {masks_state})",
-                      data={"out": str(out_file), "width": image.width, "height": image.height,
-                            "masks": masks_state, "seed": seed, "steps": steps})
+    mode = "training-free" if sampler_run else ("masks on" if pipe.masks_enabled else "masks off")
+    data = {"out": str(out_file), "width": image.width, "height": image.height, "mode": mode,
+            "masks": "on" if pipe.masks_enabled else "off", "seed": seed, "steps": steps,
+            "scheduler": type(pipe.scheduler).__name__}
+    if sampler_run and choice.report_file:
+        write_report(choice.report_file, output, choice, prompt=prompt, seed=seed, steps=steps, guidance=guidance)
+        data["report"] = choice.report_file
+    summary = Summary(f"maskunet generate: wrote {out_file} ({image.width}x{image.height}, {mode})", data=data)
+    if sampler_run:
+        summary.add("time:", f"{output.seconds:.1f} s ({sum(r.iterations for r in output.steps)} optimisation iterations)")
+    if sampler_run and choice.report_file:
+        summary.add("report:", choice.report_file)
     session.finish(summary)

@@ -14,7 +14,7 @@ import numpy as np
 
 from maskunet_platform.bench.shapes.detector import detect
 from maskunet_platform.bench.shapes.features import image_features, kid
-from maskunet_platform.bench.shapes.generate import generate_images, image_grid
+from maskunet_platform.bench.shapes.generate import generate_images, generate_training_free, image_grid
 from maskunet_platform.bench.shapes.prompts import benchmark_prompts, real_images
 from maskunet_platform.bench.shapes.scoring import CATEGORIES, paired_difference, score, summarize
 
@@ -35,9 +35,9 @@ class ShapesBenchSettings:
 class ShapesReport:
     settings: ShapesBenchSettings
     items: int
-    results: dict[str, dict] = field(default_factory=dict)  # model ("base"/"masked") -> summary
+    results: dict[str, dict] = field(default_factory=dict)  # model ("base"/"masked"/"training_free") -> summary
     kid: dict[str, tuple[float, float]] = field(default_factory=dict)
-    difference: Optional[dict] = None  # masked - base, paired
+    difference: Optional[dict] = None  # masked (or training_free) - base, paired
     grid_png: bytes = b""
 
     def metrics(self, prefix: str = "shapes") -> dict[str, float]:
@@ -60,15 +60,19 @@ class ShapesReport:
                 "kid": {k: {"mean": m, "std": s} for k, (m, s) in self.kid.items()}, "difference": self.difference}
 
 
-def models_to_run(has_masks: bool, compare: bool) -> list[str]:
-    if not has_masks:
+def models_to_run(has_masks: bool, compare: bool, training_free: bool = False) -> list[str]:
+    other = "training_free" if training_free else "masked" if has_masks else None
+    if other is None:
         return ["base"]
-    return ["base", "masked"] if compare else ["masked"]
+    return ["base", other] if compare else [other]
 
 
 def run_shapes_benchmark(pipe, settings: ShapesBenchSettings, compare: bool,
-                         on_progress: Optional[Callable[[str, int, int], None]] = None) -> ShapesReport:
-    """Score `pipe` (a MaskUNetPipeline or plain SD pipeline) on the held-out shapes prompts."""
+                         on_progress: Optional[Callable[[str, int, int], None]] = None,
+                         training_free=None) -> ShapesReport:
+    """Score `pipe` (a MaskUNetPipeline or plain SD pipeline) on the held-out shapes prompts;
+    with `training_free` (a maskunet TrainingFreeSampler over `pipe`), its images instead of
+    the masked U-Net's (paired with the plain pipe's under `compare`)."""
     prompts = benchmark_prompts(settings.prompts, seed=settings.prompt_seed)
     seeds = list(range(settings.seeds))
     has_masks = getattr(pipe, "masked_unet", None) is not None
@@ -77,22 +81,27 @@ def run_shapes_benchmark(pipe, settings: ShapesBenchSettings, compare: bool,
     ref_features = image_features([im for im in reference for _ in seeds])
     report = ShapesReport(settings, items=len(prompts) * len(seeds))
     scores, images = {}, {}
-    for model in models_to_run(has_masks, compare):
+    for model in models_to_run(has_masks, compare, training_free is not None):
         def progress(done: int, total: int, name=model) -> None:
             if on_progress:
                 on_progress(name, done, total)
 
         progress(0, report.items)
-        images[model] = generate_images(pipe, prompts, seeds, settings.steps, settings.guidance,
-                                        settings.batch_size, masks=(model == "masked") if has_masks else None,
-                                        on_batch=progress)
+        if model == "training_free":
+            images[model] = generate_training_free(training_free, prompts, seeds, settings.steps, settings.guidance,
+                                                   on_batch=progress)
+        else:
+            images[model] = generate_images(pipe, prompts, seeds, settings.steps, settings.guidance,
+                                            settings.batch_size, masks=(model == "masked") if has_masks else None,
+                                            on_batch=progress)
         pairs = [(p, s) for p in prompts for s in seeds]
         scores[model] = [score(p, detect(im)) for (p, _), im in zip(pairs, images[model])]
         report.results[model] = summarize(scores[model])
         size = min(100, report.items)
         report.kid[model] = kid(image_features(images[model]), ref_features, subset_size=size)
     if len(scores) == 2:
-        report.difference = paired_difference(scores["base"], scores["masked"])
+        other = next(m for m in scores if m != "base")
+        report.difference = paired_difference(scores["base"], scores[other])
     report.grid_png = _grid(reference, images, len(seeds))
     return report
 
@@ -111,10 +120,10 @@ def _grid(reference: list[np.ndarray], images: dict[str, list], seeds: int) -> b
 def format_table(metrics: dict[str, float], prefix: str = "shapes") -> list[str]:
     """Console rows `category  base [lo, hi]  masked [lo, hi]  masked - base [lo, hi]` from the
     flat metrics (`ShapesReport.metrics()`, also what a finished run's record keeps)."""
-    models = [m for m in ("base", "masked") if f"{prefix}/{m}/kid" in metrics]
+    models = [m for m in ("base", "masked", "training_free") if f"{prefix}/{m}/kid" in metrics]
     columns = [(m, f"{prefix}/{m}") for m in models]
     if f"{prefix}/diff/background" in metrics:
-        columns.append(("masked - base (paired)", f"{prefix}/diff"))
+        columns.append((f"{models[-1]} - base (paired)", f"{prefix}/diff"))
     rows = [f"{'category':<11}" + "".join(f"{name:>24}" for name, _ in columns)]
     for category in CATEGORIES:
         cells = [_interval(metrics, f"{key}/{category}", signed=key.endswith("diff")) for _, key in columns]

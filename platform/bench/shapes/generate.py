@@ -77,6 +77,25 @@ def generate_images(pipe, prompts: Sequence[BenchPrompt | str], seeds: Sequence[
     return images
 
 
+def generate_training_free(sampler, prompts: Sequence[BenchPrompt | str], seeds: Sequence[int], steps: int,
+                           guidance: float = 7.5, on_batch: Callable[[int, int], None] | None = None,
+                           resolution: int | None = None) -> list[np.ndarray]:
+    """`generate_images` for a maskunet TrainingFreeSampler: one call per prompt, its seeds
+    as one batch sharing that prompt's optimised masks; the same initial latents per
+    (prompt, seed) as `generate_images`, so the two pair up item by item."""
+    size = {} if resolution is None else {"height": resolution, "width": resolution}
+    images: list[np.ndarray] = []
+    total = len(prompts) * len(seeds)
+    for prompt in prompts:
+        out = sampler(_caption(prompt), num_inference_steps=steps, guidance_scale=guidance,
+                      num_images_per_prompt=len(seeds), generator=[torch.Generator().manual_seed(int(s)) for s in seeds],
+                      output_type="np", **size)
+        images.extend(np.clip(np.round(np.asarray(out.images) * 255), 0, 255).astype(np.uint8))
+        if on_batch is not None:
+            on_batch(len(images), total)
+    return images
+
+
 def image_grid(images: Sequence, columns: int, pad: int = 2, fill=(255, 255, 255)) -> Image.Image:
     """Tile uint8 HxWx3 arrays or PIL images into one image, row by row, `pad` px apart."""
     if not images:
