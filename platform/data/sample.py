@@ -19,18 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+# One vocabulary for the data, the training-free shapes reward and the benchmark; 3x3 grid
+# cells -> caption phrase ("at the top left", "in the center", ...).
+from maskunet.shapes_reward import COLOURS, COLS, ROWS, SHAPES
 from maskunet_platform.data.uri import resolve_output
-
-COLOURS = {
-    "red": (220, 30, 30), "green": (30, 170, 50), "blue": (30, 60, 220),
-    "yellow": (240, 220, 30), "orange": (245, 140, 20), "purple": (130, 40, 170),
-    "white": (250, 250, 250), "black": (10, 10, 10), "gray": (128, 128, 128),
-    "pink": (245, 150, 190), "cyan": (40, 210, 220), "brown": (120, 70, 30),
-}
-SHAPES = ("circle", "square", "triangle", "ring", "cross")
-# 3x3 grid cells -> caption phrase ("at the top left", "in the center", ...).
-ROWS = ("top", "middle", "bottom")
-COLS = ("left", "center", "right")
 SIZES = {"small": 0.25, "large": 0.45}  # radius as a fraction of a grid cell's side
 HOLDOUT_MODULUS = 32
 

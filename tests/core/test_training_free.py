@@ -200,11 +200,10 @@ def test_reward_specs_and_missing_weights(monkeypatch):
 
 
 def test_shapes_reward_prefers_the_described_scene():
-    from maskunet_platform.data.sample import COLOURS, SHAPES, Shape, draw_scene, scene_caption
+    from maskunet_platform.data.sample import Shape, draw_scene, scene_caption
 
     import maskunet.shapes_reward as sr
 
-    assert sr.COLOURS == COLOURS and sr.SHAPES == SHAPES  # the copied vocabulary is the data's
     right = [Shape("circle", "red", "large", 0, 0), Shape("square", "blue", "small", 1, 2)]
     caption = scene_caption(right, "white")
     assert parse_caption(caption) == ([sr.ShapeTarget("red", 0, 0), sr.ShapeTarget("blue", 1, 2)], "white")
