@@ -8,6 +8,7 @@ from pydantic import Field, ValidationError
 from maskunet_platform.config.base import Section
 from maskunet_platform.config.model import MaskSection, ModelSection
 from maskunet_platform.config.data import DataSection
+from maskunet_platform.config.serve import ServeSection
 from maskunet_platform.config.tracking import TrackingSection
 from maskunet_platform.config.train import TrainSection
 
@@ -23,6 +24,7 @@ class JobConfig(Section):
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    serve: ServeSection = Field(default_factory=ServeSection)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
