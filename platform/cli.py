@@ -8,6 +8,7 @@ from maskunet_platform.commands.bench import bench
 from maskunet_platform.commands.data import data
 from maskunet_platform.commands.model import generate, init_base
 from maskunet_platform.commands.pretrain import pretrain_base
+from maskunet_platform.commands.serve import serve_command
 from maskunet_platform.commands.train import evaluate, train
 from maskunet_platform.commands.ui import ui
 from maskunet_platform.console.errors import MaskunetGroup
@@ -29,6 +30,7 @@ main.add_command(train)
 main.add_command(evaluate)
 main.add_command(ui)
 main.add_command(bench)
+main.add_command(serve_command)
 
 if __name__ == "__main__":
     main()
