@@ -93,7 +93,10 @@ def _registered_files(model_uri: str, tracking_uri) -> tuple[str, str]:
     from maskunet_platform.registry.files import ModelUriError, download, resolve
     from maskunet_platform.train.tracking import command_tracking, tracking_uri as resolve_uri
 
+    import mlflow
+
     uri = resolve_uri(command_tracking("maskunet-generate", tracking_uri, True))
+    mlflow.set_registry_uri(uri)  # models:/ downloads use the process's registry URI, not tracking_uri
     try:
         files = download(resolve(MlflowClient(uri), model_uri), uri)
     except ModelUriError as e:

@@ -21,8 +21,14 @@ def current_version(source: ModelSource):
 
 def load_version(ref, source: ModelSource) -> LoadedModel:
     """Download one registered version into its own folder and load its pipeline."""
+    import mlflow
+
     from maskunet_platform.registry.files import download
 
+    # registry.files.download passes tracking_uri, but MLflow resolves models:/ artifact URIs
+    # through the process's registry URI (else the default local store); set it (one source
+    # per replica).
+    mlflow.set_registry_uri(source.tracking_uri)
     folder = Path(tempfile.mkdtemp(prefix=f"maskunet-serve-{ref.name}-v{ref.version}-"))
     try:
         files = download(ref, source.tracking_uri, dst=folder)
