@@ -1,7 +1,7 @@
 """`serve` section: the HTTP service (`maskunet serve`): limits, batching, replicas, auth, reload."""
 from typing import Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from maskunet_platform.config.base import Section
 
@@ -65,11 +65,12 @@ class ServeSection(Section):
     batching: ServeBatching = Field(default_factory=ServeBatching)
     auth: ServeAuth = Field(default_factory=ServeAuth)
 
-    @model_validator(mode="after")
-    def _route(self):
-        if not self.route_prefix.startswith("/"):
-            raise ValueError("route_prefix must start with '/'")
-        return self
+    @field_validator("route_prefix")
+    @classmethod
+    def _route(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
 
     @property
     def max_ongoing_requests(self) -> int:
