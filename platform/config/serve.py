@@ -30,6 +30,10 @@ class ServeBatching(Section):
     """Dynamic batching (`@serve.batch`): compatible requests share one pipeline call."""
     max_batch_size: int = Field(8, ge=1, description="requests per batch; 1 turns batching off")
     batch_wait_timeout_s: float = Field(0.05, ge=0, description="how long a batch waits to fill")
+    # Convolutions, group norms and 2-D linears one sample at a time, so a batched image is
+    # byte-identical to the same request alone (serve/invariant.py); false: faster batches
+    # whose floats may differ in the last bits from an unbatched call.
+    batch_invariant: bool = True
 
 
 class ServeAutoscaling(Section):

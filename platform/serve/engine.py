@@ -53,7 +53,7 @@ class LoadedModel:
 
 
 def load_pipeline(base: str, masks: Optional[str], registry: Optional[dict] = None,
-                  defaults: Optional[dict] = None) -> LoadedModel:
+                  defaults: Optional[dict] = None, batch_invariant: bool = True) -> LoadedModel:
     import torch
 
     from maskunet import MaskUNetPipeline
@@ -63,8 +63,9 @@ def load_pipeline(base: str, masks: Optional[str], registry: Optional[dict] = No
     pipe.set_progress_bar_config(disable=True)
     if torch.cuda.is_available():
         pipe.to("cuda")
-    parts = [pipe.unet, pipe.vae, pipe.text_encoder] + ([pipe.mask_generator] if pipe.mask_generator else [])
-    make_batch_invariant(*parts)
+    if batch_invariant:
+        make_batch_invariant(pipe.unet, pipe.vae, pipe.text_encoder,
+                             *([pipe.mask_generator] if pipe.mask_generator else []))
     return LoadedModel(pipe, base, masks, registry, defaults or {})
 
 

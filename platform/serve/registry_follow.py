@@ -19,7 +19,7 @@ def current_version(source: ModelSource):
     return resolve(MlflowClient(source.tracking_uri), source.model_uri)
 
 
-def load_version(ref, source: ModelSource) -> LoadedModel:
+def load_version(ref, source: ModelSource, batch_invariant: bool = True) -> LoadedModel:
     """Download one registered version into its own folder and load its pipeline."""
     import mlflow
 
@@ -34,7 +34,7 @@ def load_version(ref, source: ModelSource) -> LoadedModel:
         files = download(ref, source.tracking_uri, dst=folder)
         model = load_pipeline(files.base, str(files.masks),
                               registry={"name": ref.name, "version": ref.version, "alias": ref.alias},
-                              defaults=files.settings.get("defaults") or {})
+                              defaults=files.settings.get("defaults") or {}, batch_invariant=batch_invariant)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -42,18 +42,18 @@ def load_version(ref, source: ModelSource) -> LoadedModel:
     return model
 
 
-def load_source(source: ModelSource) -> LoadedModel:
+def load_source(source: ModelSource, batch_invariant: bool = True) -> LoadedModel:
     if source.model_uri:
-        return load_version(current_version(source), source)
-    return load_pipeline(source.base, source.masks)
+        return load_version(current_version(source), source, batch_invariant)
+    return load_pipeline(source.base, source.masks, batch_invariant=batch_invariant)
 
 
-def newer_model(source: ModelSource, loaded: LoadedModel) -> Optional[LoadedModel]:
+def newer_model(source: ModelSource, loaded: LoadedModel, batch_invariant: bool = True) -> Optional[LoadedModel]:
     """The newly loaded model when the alias names another version than `loaded`, else None."""
     ref = current_version(source)
     if loaded.registry and ref.version == loaded.registry["version"]:
         return None
-    return load_version(ref, source)
+    return load_version(ref, source, batch_invariant)
 
 
 def release(model: LoadedModel) -> None:

@@ -65,7 +65,7 @@ class MaskUNetService:
 
         torch.set_num_threads(self.settings.torch_threads or max(1, int(self.settings.cpus_per_replica)))
         try:
-            self.model = registry_follow.load_source(self.source)
+            self.model = registry_follow.load_source(self.source, self.settings.batching.batch_invariant)
         except Exception as e:  # noqa: BLE001 - reported by /healthz and check_health
             log.exception("loading %s failed", self.source.describe())
             self.load_error = f"{type(e).__name__}: {e}"
@@ -83,7 +83,7 @@ class MaskUNetService:
     def _reload(self) -> bool:
         """Swap in the version the alias names now, if it moved; True when it did."""
         with self._reload_lock:
-            new = registry_follow.newer_model(self.source, self.model)
+            new = registry_follow.newer_model(self.source, self.model, self.settings.batching.batch_invariant)
             if new is None:
                 return False
             old, self.model = self.model, new  # one reference: running batches keep theirs
