@@ -169,7 +169,7 @@ def _summary(stats: dict, url: str, what: str) -> Summary:
             "p50_s": p50, "p99_s": p99}
     summary = Summary(f"maskunet serve: stopped serving {what} at {url}/", data=data)
     summary.add("requests served:", stats.get("served", "unknown"))
-    summary.add("request errors:", stats.get("errors", "unknown"))
+    summary.add("request errors:", stats.get("errors", "unknown"))  # 4xx and 5xx the replica answered
     if p50 is not None:
         summary.add("latency:", f"p50 {p50:.3f} s, p99 {p99:.3f} s")
     return summary

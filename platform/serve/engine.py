@@ -59,7 +59,7 @@ def load_pipeline(base: str, masks: Optional[str], registry: Optional[dict] = No
     from maskunet import MaskUNetPipeline
     from maskunet_platform.serve.invariant import make_batch_invariant
 
-    pipe = MaskUNetPipeline.from_base(base, masks=masks)  # safetensors only (diffusers' default)
+    pipe = MaskUNetPipeline.from_base(base, masks=masks, use_safetensors=True)  # never pickled weights
     pipe.set_progress_bar_config(disable=True)
     if torch.cuda.is_available():
         pipe.to("cuda")

@@ -91,7 +91,6 @@ class MaskUNetService:
             registry_follow.release(old)
             return True
 
-
     def check_health(self) -> None:
         if self.load_error:
             raise RuntimeError(self.load_error)

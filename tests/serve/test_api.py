@@ -32,6 +32,23 @@ def test_health_model_and_unknown_routes(api_url, shapes_base, mask_dirs):
     assert http(api_url + "/v1/generate").status == 405  # GET
 
 
+def test_a_model_that_fails_to_load_answers_503(serve_url, tmp_path):
+    from ray import serve
+
+    from maskunet_platform.config.serve import ServeSection
+    from maskunet_platform.serve.app import run_app, wait_healthy
+    from maskunet_platform.serve.engine import ModelSource
+
+    run_app(ServeSection(app_name="broken", route_prefix="/broken", cpus_per_replica=0),
+            ModelSource(base=str(tmp_path / "no-such-base")))
+    try:
+        with pytest.raises(RuntimeError, match="no-such-base"):
+            wait_healthy(serve_url + "/broken", timeout_s=60)
+        assert generate(serve_url + "/broken", seed=1).status == 503
+    finally:
+        serve.delete("broken")
+
+
 def test_images_sizes_seeds_and_masks(api_url):
     answer = generate(api_url, seed=7, num_images=2, width=48, height=32)
     body = answer.json()
