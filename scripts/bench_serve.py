@@ -56,13 +56,15 @@ def load_test(url: str, clients: int, total: int, steps: int, size: int) -> dict
             with lock:
                 results.append((status, body.get("batch_size", 0), seconds))
 
-    post(url, {"prompt": PROMPTS[0], "num_inference_steps": steps, "width": size, "height": size})  # warm-up
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    warm_up = [threading.Thread(target=post, args=(url, {"prompt": PROMPTS[i % 4], "num_inference_steps": steps,
+                                                          "width": size, "height": size}), daemon=True)
+               for i in range(clients)]  # every batch shape once (oneDNN builds kernels per shape)
+    for threads in (warm_up, [threading.Thread(target=client, daemon=True) for _ in range(clients)]):
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     wall = time.perf_counter() - started
     ok = [r for r in results if r[0] == 200]
     latencies = [r[2] for r in ok]
@@ -130,7 +132,7 @@ def main() -> None:
             report[f"masked vs plain, {label}"] = masked_vs_plain("http://127.0.0.1:8765", args.rounds, args.steps,
                                                                    args.size)
         serve.delete("bench")
-        print(f"{label}: {report[label]}", flush=True)
+        print(f"{label}: {report[label]} (load average {os.getloadavg()[0]:.1f})", flush=True)
     serve.shutdown()
     ray.shutdown()
     _print(report, args)
@@ -138,7 +140,8 @@ def main() -> None:
 
 def _print(report: dict, args) -> None:
     print(f"\n{args.clients} concurrent clients, {args.requests} requests, {args.steps} steps, {args.size}px, "
-          f"{args.threads} torch threads, CPU")
+          f"{args.threads} torch threads, CPU; load average at the end {os.getloadavg()[0]:.1f} "
+          f"(other jobs on the machine skew the figures)")
     base = report["no batching"]["req_per_s"]
     for label, row in report.items():
         if "req_per_s" in row:

@@ -15,7 +15,7 @@ from tests.fixtures.services import free_port
 
 TEST_SETTINGS = {"cpus_per_replica": 0, "torch_threads": 2, "retry_after_s": 1,
                  "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.3},
-                 "max_queued_requests": 4, "limits": {"default_steps": 4, "max_steps": 30, "max_size": 128}}
+                 "max_queued_requests": 8, "limits": {"default_steps": 4, "max_steps": 30, "max_size": 128}}
 
 
 @dataclass

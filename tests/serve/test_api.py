@@ -32,23 +32,6 @@ def test_health_model_and_unknown_routes(api_url, shapes_base, mask_dirs):
     assert http(api_url + "/v1/generate").status == 405  # GET
 
 
-def test_a_model_that_fails_to_load_answers_503(serve_url, tmp_path):
-    from ray import serve
-
-    from maskunet_platform.config.serve import ServeSection
-    from maskunet_platform.serve.app import run_app, wait_healthy
-    from maskunet_platform.serve.engine import ModelSource
-
-    run_app(ServeSection(app_name="broken", route_prefix="/broken", cpus_per_replica=0),
-            ModelSource(base=str(tmp_path / "no-such-base")))
-    try:
-        with pytest.raises(RuntimeError, match="no-such-base"):
-            wait_healthy(serve_url + "/broken", timeout_s=60)
-        assert generate(serve_url + "/broken", seed=1).status == 503
-    finally:
-        serve.delete("broken")
-
-
 def test_images_sizes_seeds_and_masks(api_url):
     answer = generate(api_url, seed=7, num_images=2, width=48, height=32)
     body = answer.json()
@@ -135,6 +118,7 @@ def test_concurrent_requests_are_batched_and_equal_their_unbatched_result(api_ur
     requests = [{"prompt": prompts[i % 4], "seed": 100 + i, "negative_prompt": "blue" if i % 2 else ""}
                 for i in range(8)]
     batched = _concurrently(lambda i: generate(api_url, **requests[i]), len(requests))
+    assert [a.status for a in batched] == [200] * len(batched), [(a.status, a.body[:300]) for a in batched]
     sizes = [answer.json()["batch_size"] for answer in batched]
     assert max(sizes) > 1, sizes
     for request, answer in zip(requests, batched):
@@ -151,3 +135,20 @@ def test_overload_answers_503_with_retry_after_and_recovers(api_url):
     assert set(statuses) <= {200, 503}, statuses
     assert all(a.headers.get("retry-after") or a.headers.get("Retry-After") for a in rejected)
     assert generate(api_url, seed=5).status == 200
+
+
+def test_a_model_that_fails_to_load_answers_503(serve_url, tmp_path):
+    from ray import serve
+
+    from maskunet_platform.config.serve import ServeSection
+    from maskunet_platform.serve.app import run_app, wait_healthy
+    from maskunet_platform.serve.engine import ModelSource
+
+    run_app(ServeSection(app_name="broken", route_prefix="/broken", cpus_per_replica=0),
+            ModelSource(base=str(tmp_path / "no-such-base")))
+    try:
+        with pytest.raises(RuntimeError, match="no-such-base"):
+            wait_healthy(serve_url + "/broken", timeout_s=60)
+        assert generate(serve_url + "/broken", seed=1).status == 503
+    finally:
+        serve.delete("broken")
