@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=12, help="masked vs plain: requests of each")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads in the replica")
+    parser.add_argument("--latency-only", action="store_true", help="only masked vs plain, on the batching service")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench-serve-")
     base, masks = args.base or _shapes_base(work), args.masks or _random_masks(args.base or f"{work}/base", work)
@@ -120,6 +121,8 @@ def main() -> None:
                 f"batching (max {args.batch}, batch-invariant)": {"max_batch_size": args.batch},
                 f"batching (max {args.batch}, not invariant)": {"max_batch_size": args.batch,
                                                                 "batch_invariant": False}}
+    if args.latency_only:
+        variants = {label: v for label, v in variants.items() if label.endswith("batch-invariant)")}
     report = {}
     for label, batching in variants.items():
         settings = ServeSection(app_name="bench", cpus_per_replica=0, torch_threads=args.threads,
@@ -127,12 +130,13 @@ def main() -> None:
                                 batching={"batch_wait_timeout_s": 0.05, **batching})
         run_app(settings, source)
         wait_healthy("http://127.0.0.1:8765", 300)
-        report[label] = load_test("http://127.0.0.1:8765", args.clients, args.requests, args.steps, args.size)
+        if not args.latency_only:
+            report[label] = load_test("http://127.0.0.1:8765", args.clients, args.requests, args.steps, args.size)
         if label.startswith("batching"):
             report[f"masked vs plain, {label}"] = masked_vs_plain("http://127.0.0.1:8765", args.rounds, args.steps,
                                                                    args.size)
         serve.delete("bench")
-        print(f"{label}: {report[label]} (load average {os.getloadavg()[0]:.1f})", flush=True)
+        print(f"{label}: {report.get(label)} (load average {os.getloadavg()[0]:.1f})", flush=True)
     serve.shutdown()
     ray.shutdown()
     _print(report, args)
@@ -142,7 +146,7 @@ def _print(report: dict, args) -> None:
     print(f"\n{args.clients} concurrent clients, {args.requests} requests, {args.steps} steps, {args.size}px, "
           f"{args.threads} torch threads, CPU; load average at the end {os.getloadavg()[0]:.1f} "
           f"(other jobs on the machine skew the figures)")
-    base = report["no batching"]["req_per_s"]
+    base = report.get("no batching", {}).get("req_per_s", 1.0)
     for label, row in report.items():
         if "req_per_s" in row:
             print(f"  {label:<42} {row['req_per_s']:.3f} req/s ({row['req_per_s'] / base:.2f}x)  "
