@@ -1,7 +1,6 @@
 """Serving `models:/NAME@champion` from a real MLflow server, and following the alias when
 it moves: a client polling throughout sees no failed request, then the new version.
 Also `maskunet generate --model` with the same URIs."""
-import base64
 import threading
 import time
 
