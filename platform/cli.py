@@ -10,6 +10,7 @@ from maskunet_platform.commands.model import generate, init_base
 from maskunet_platform.commands.pretrain import pretrain_base
 from maskunet_platform.commands.registry import promote, registry
 from maskunet_platform.commands.sweep import sweep
+from maskunet_platform.commands.serve import serve_command
 from maskunet_platform.commands.train import evaluate, train
 from maskunet_platform.commands.ui import ui
 from maskunet_platform.console.errors import MaskunetGroup
@@ -34,6 +35,7 @@ main.add_command(bench)
 main.add_command(registry)
 main.add_command(promote)
 main.add_command(sweep)
+main.add_command(serve_command)
 
 if __name__ == "__main__":
     main()

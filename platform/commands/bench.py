@@ -96,16 +96,9 @@ def _load(session: Session, base: str, masks: Optional[str]):
 
 def _download_model_masks(model_uri: str, tracking_uri: Optional[str]) -> str:
     """The mask-generator folder of a registered MaskUNet model version."""
-    from mlflow import MlflowClient
+    from maskunet_platform.registry.files import fetch
 
-    from maskunet_platform.registry.files import ModelUriError, download, resolve
-    from maskunet_platform.train.tracking import command_tracking, tracking_uri as resolve_uri
-
-    uri = resolve_uri(command_tracking("maskunet-bench", tracking_uri, True))
-    try:
-        return str(download(resolve(MlflowClient(uri), model_uri), uri).masks)
-    except ModelUriError as e:
-        raise InvalidInput(f"--model: {e}") from None
+    return str(fetch(model_uri, tracking_uri).masks)  # a bad URI or alias: ModelUriError, exit 2
 
 
 def _log(report, base: str, masks: Optional[str], tracking_uri: Optional[str], extra_params: dict) -> str:

@@ -37,8 +37,11 @@ def init_base(session: Session, out_dir: str, pretrained: bool, seed: int) -> No
 
 @click.command()
 @click.argument("prompt")
-@click.option("--base", required=True, help="base pipeline: local folder or hub id")
+@click.option("--base", default=None, help="base pipeline: local folder or hub id")
 @click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False), help="mask-generator folder")
+@click.option("--model", "model_uri", default=None, help="registered model (instead of --base/--masks): "
+              "models:/NAME@ALIAS or models:/NAME/VERSION")
+@click.option("--tracking-uri", default=None, help="MLflow registry for --model (default: $MLFLOW_TRACKING_URI, else local)")
 @click.option("--no-masks", is_flag=True, help="run the plain base U-Net even when --masks is given")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--steps", default=25, show_default=True, type=click.IntRange(min=1), help="denoising steps")
@@ -47,14 +50,19 @@ def init_base(session: Session, out_dir: str, pretrained: bool, seed: int) -> No
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="PNG to write")
 @sampler_options
 @console_command("generate")
-def generate(session: Session, prompt, base, masks, no_masks, seed, steps, guidance, size, out_file,
-             **sampler) -> None:
+def generate(session: Session, prompt, base, masks, model_uri, tracking_uri, no_masks, seed, steps, guidance, size,
+             out_file, **sampler) -> None:
     """Generate one image for PROMPT with the masked (or plain) U-Net, or training-free (--training-free)."""
     import torch
 
     from maskunet import MaskUNetPipeline
 
     choice = parse_sampler_options(steps, **sampler)
+    if bool(base) == bool(model_uri) or (model_uri and masks):
+        raise InvalidInput("give --base (with optional --masks) or --model")
+    if model_uri:
+        with session.progress.stage(f"download {model_uri}"):
+            base, masks = _registered_files(model_uri, tracking_uri)
     try:
         with session.progress.stage("load the pipeline"):
             pipe = MaskUNetPipeline.from_base(base, masks=masks)
@@ -90,3 +98,11 @@ def generate(session: Session, prompt, base, masks, no_masks, seed, steps, guida
     if sampler_run and choice.report_file:
         summary.add("report:", choice.report_file)
     session.finish(summary)
+
+
+def _registered_files(model_uri: str, tracking_uri) -> tuple[str, str]:
+    """(base, masks folder) of the version a models:/ URI names now."""
+    from maskunet_platform.registry.files import fetch
+
+    files = fetch(model_uri, tracking_uri)  # a bad URI or alias: ModelUriError, exit 2
+    return files.base, str(files.masks)

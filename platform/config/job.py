@@ -8,6 +8,7 @@ from pydantic import Field, ValidationError
 from maskunet_platform.config.base import Section
 from maskunet_platform.config.model import MaskSection, ModelSection
 from maskunet_platform.config.data import DataSection
+from maskunet_platform.config.serve import ServeSection
 from maskunet_platform.config.tracking import TrackingSection
 from maskunet_platform.config.train import TrainSection
 from maskunet_platform.config.tune import TuneSection
@@ -27,6 +28,7 @@ class JobConfig(Section):
     # Only `maskunet sweep` reads it; excluded from dumps, so it never changes what a trial's
     # run is (fingerprints, params) or what workers receive.
     tune: TuneSection = Field(default_factory=TuneSection, exclude=True)
+    serve: ServeSection = Field(default_factory=ServeSection)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -66,7 +66,12 @@ def download(ref: ModelRef, tracking_uri: str, dst: Optional[str | Path] = None)
     import mlflow
     import yaml
 
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, tracking_uri=tracking_uri,
+    from mlflow import MlflowClient
+
+    # The version's storage location, from this registry: a models:/ URI would be resolved
+    # through the process-wide registry URI instead (a default local store unless set).
+    location = MlflowClient(tracking_uri).get_model_version_download_uri(ref.name, ref.version)
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=tracking_uri,
                                                     dst_path=str(dst) if dst else None))
     flavor = yaml.safe_load((root / "MLmodel").read_text()).get("flavors", {}).get("python_function", {})
     paths = {name: root / spec["path"] for name, spec in (flavor.get("artifacts") or {}).items()}
@@ -75,3 +80,17 @@ def download(ref: ModelRef, tracking_uri: str, dst: Optional[str | Path] = None)
     settings = json.loads(paths["settings"].read_text())
     base = str(paths["base"]) if "base" in paths else settings["base"]
     return RegisteredFiles(ref, root, paths["masks"], base, settings)
+
+
+def fetch(model_uri: str, tracking_uri_option: Optional[str] = None) -> RegisteredFiles:
+    """What `--model URI [--tracking-uri ...]` names, downloaded (tracking URI as every command
+    resolves it: the option, else $MLFLOW_TRACKING_URI, else the embedded local store)."""
+    from mlflow import MlflowClient
+
+    from maskunet_platform.train.tracking import command_tracking, tracking_uri
+
+    uri = tracking_uri(command_tracking("maskunet", tracking_uri_option, True))
+    try:
+        return download(resolve(MlflowClient(uri), model_uri), uri)
+    except ModelUriError as e:
+        raise ModelUriError(f"--model: {e}") from None

@@ -26,7 +26,7 @@ RECORD_FILE = "maskunet_run.json"
 # Fields that do not change what training computes: where outputs go, how often it logs and
 # checkpoints, how Ray schedules the work, evaluation and samples after training, tracking.
 NOT_TRAINING = (
-    "name", "tracking", "model.create_tiny_if_missing",
+    "name", "tracking", "serve", "model.create_tiny_if_missing",
     "data.parallelism", "data.preprocess_batch_size", "data.read_retries", "data.read_retry_backoff_s",
     "data.s3_endpoint_url", "data.encode_actors", "data.encode_device", "data.encode_gpu_fraction",
     "train.cpus_per_worker", "train.backend", "train.max_failures", "train.storage_path", "train.run_name",

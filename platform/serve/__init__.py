@@ -1,0 +1,1 @@
+"""The HTTP service: `maskunet serve` (Ray Serve + FastAPI)."""

@@ -1,0 +1,82 @@
+"""The playground page served at `GET /`: one self-contained HTML document (no external
+scripts, styles, fonts or images), so it works offline. It generates the same prompt and seed
+twice, masks on and masks off, and shows both images side by side."""
+
+PLAYGROUND_HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>MaskUNet playground</title>
+<style>
+  body { font-family: sans-serif; margin: 2em; max-width: 60em; }
+  label { display: inline-block; margin: 0 1em 0.5em 0; }
+  input[type=text] { width: 36em; }
+  input[type=number] { width: 6em; }
+  .pair { display: flex; gap: 2em; margin-top: 1em; }
+  figure { margin: 0; }
+  img { width: 256px; height: 256px; image-rendering: pixelated; border: 1px solid #ccc; background: #f4f4f4; }
+  #status { color: #555; min-height: 1.2em; }
+  .error { color: #b00; }
+</style>
+</head>
+<body>
+<h1>MaskUNet playground</h1>
+<p id="model">model: loading...</p>
+<form id="form">
+  <label>prompt <input type="text" id="prompt" value="a large red circle in the center on a blue background"></label><br>
+  <label>steps <input type="number" id="steps" value="20" min="1"></label>
+  <label>guidance <input type="number" id="guidance" value="7.5" step="0.5" min="0"></label>
+  <label>seed <input type="number" id="seed" value="0" min="0"></label>
+  <button type="submit" id="generate">Generate</button>
+</form>
+<p id="status"></p>
+<div class="pair">
+  <figure><img id="masked" alt="masks on"><figcaption>masks on</figcaption></figure>
+  <figure><img id="plain" alt="masks off"><figcaption>masks off (base U-Net)</figcaption></figure>
+</div>
+<script>
+const base = window.location.pathname.replace(/\\/$/, "");
+const $ = (id) => document.getElementById(id);
+
+async function describeModel() {
+  const response = await fetch(base + "/v1/model");
+  const info = await response.json();
+  if (!response.ok) { $("model").textContent = "model: " + info.error.message; return; }
+  const reg = info.registry ? " (" + info.registry.name + " v" + info.registry.version +
+    (info.registry.alias ? " @" + info.registry.alias : "") + ")" : "";
+  $("model").textContent = "model: " + info.source + reg;
+}
+
+async function generateOne(masks) {
+  const body = {prompt: $("prompt").value, num_inference_steps: Number($("steps").value),
+                guidance_scale: Number($("guidance").value), seed: Number($("seed").value), masks: masks};
+  const response = await fetch(base + "/v1/generate", {method: "POST",
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const result = await response.json();
+  if (!response.ok) { throw new Error((result.error.field || "") + ": " + result.error.message); }
+  return result;
+}
+
+async function generateBoth(event) {
+  if (event) { event.preventDefault(); }
+  $("status").className = ""; $("status").textContent = "generating...";
+  const started = performance.now();
+  try {
+    const [masked, plain] = await Promise.all([generateOne(true), generateOne(false)]);
+    $("masked").src = "data:image/png;base64," + masked.images[0];
+    $("plain").src = "data:image/png;base64," + plain.images[0];
+    const seconds = ((performance.now() - started) / 1000).toFixed(2);
+    $("status").textContent = "seed " + masked.seed + ", " + seconds + " s";
+    document.body.dataset.generated = "true";
+  } catch (error) {
+    $("status").className = "error"; $("status").textContent = String(error.message || error);
+  }
+}
+
+$("form").addEventListener("submit", generateBoth);
+describeModel();
+if (new URLSearchParams(window.location.search).has("autorun")) { generateBoth(); }
+</script>
+</body>
+</html>
+"""
