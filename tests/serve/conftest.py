@@ -62,9 +62,10 @@ def mask_dirs(shapes_base, tmp_path_factory) -> dict:
     return dirs
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def serve_url(ray_local):
-    """Serve on a free 127.0.0.1 port for the whole session; shut down at its end."""
+    """Serve on a free 127.0.0.1 port for the serve tests; shut down after them, so the later
+    Ray Train tests in the same session get the shared 2-CPU Ray to themselves."""
     from ray import serve
 
     from maskunet_platform.serve.app import start_serve
@@ -89,7 +90,7 @@ def deploy(serve_url: str, source, name: str, route_prefix: str, **overrides) ->
     return url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def api_url(serve_url, shapes_base, mask_dirs):
     """The API app: shapes base + masks "a", at /."""
     from ray import serve

@@ -118,6 +118,9 @@ def test_the_best_config_trained_again_reproduces_its_metric(sweep_run, mlflow_s
     sets = [*SETTINGS[:5], f"data.source={sweep_run['data']}", f"model.base={sweep_run['base']}",
             f"tracking.tracking_uri={mlflow_server.tracking_uri}", "tracking.experiment=sweep-repro",
             "tracking.register_model=false", "tracking.log_samples=false", "train.eval.shapes.prompts=0",
+            # Half a CPU per worker (not part of the computation): in the full suite this runs in
+            # the session's 2-CPU Ray, where Ray Data's tasks need the other CPU.
+            "train.cpus_per_worker=0.5",
             f"train.storage_path={tmp}/repro-runs", f"train.export_dir={tmp}/repro-export",
             *(f"{k}={v}" for k, v in best["config"].items())]
     result = CliRunner().invoke(main, ["train", "-c", "jobs/sweep-local.yaml", "--json",
