@@ -20,7 +20,6 @@ class Comparison:
     challenger: dict[str, float] = field(default_factory=dict)
     holder: Optional[dict[str, float]] = None
     sources: dict[str, str] = field(default_factory=dict)  # evidence kind -> LOGGED | EVALUATED
-    fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 def _reusable(evidence: Optional[Evidence], data_uri: Optional[str]) -> bool:
@@ -73,4 +72,3 @@ def _add(out: Comparison, kind: str, mine: Evidence, theirs: Optional[Evidence],
     if theirs is not None:
         out.holder.update(theirs.metrics)
     out.sources[kind] = source
-    out.fingerprints[kind] = mine.fingerprint

@@ -82,7 +82,7 @@ def run_sweep(job: JobConfig, name: str, resume: bool, address: Optional[str], j
         quick = quick_eval_batch(job, base_location, job.tune.quick_eval_rows)
     parent = start_parent(job, name, job_yaml) if job.tracking.enabled else None
     setup = SweepSetup(job.model_dump(mode="json"), name, base_location, quick,
-                       parent and {"parent_run_id": parent.run_id})
+                       parent and parent.run_id)
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), {"cpu": 1})
     root, filesystem = sweep_storage(job)
     if resume:

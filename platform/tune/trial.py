@@ -26,7 +26,7 @@ class SweepSetup:
     sweep: str
     base_location: str
     quick_batch: dict  # fixed held-out rows (tensors)
-    tracking: Optional[dict]  # {"tracking_uri", "experiment_id", "parent_run_id"} or None
+    parent_run_id: Optional[str]  # the sweep's MLflow run (None: tracking off)
 
 
 def trial_run_name(sweep: str, trial_id: str) -> str:
@@ -78,7 +78,7 @@ def _full_eval(job: JobConfig, checkpoint, target) -> dict[str, float]:
 
 def _child_run(setup: SweepSetup, job: JobConfig, trial_id: str, config: dict):
     """This trial's MLflow run under the sweep's parent (the same run when the trial restarts)."""
-    if setup.tracking is None:
+    if setup.parent_run_id is None:
         return None
     from mlflow import MlflowClient
 
@@ -86,7 +86,7 @@ def _child_run(setup: SweepSetup, job: JobConfig, trial_id: str, config: dict):
 
     target = start_or_resume_run(job, trial_run_name(setup.sweep, trial_id))
     client = MlflowClient(target.tracking_uri)
-    for key, value in {"mlflow.parentRunId": setup.tracking["parent_run_id"], "maskunet.sweep": setup.sweep,
+    for key, value in {"mlflow.parentRunId": setup.parent_run_id, "maskunet.sweep": setup.sweep,
                        "maskunet.trial_id": trial_id, "maskunet.kind": "sweep-trial",
                        "maskunet.trial_status": "running", **{f"trial.{k}": str(v) for k, v in config.items()}}.items():
         client.set_tag(target.run_id, key, value)
