@@ -1,8 +1,8 @@
 """Moving an alias safely and auditably.
 
 MLflow has no compare-and-set on aliases, so a promotion first takes an advisory claim on the
-alias (a registered-model tag), waits for concurrent writers to settle, and proceeds only when
-its own claim is the one that stuck; it then re-reads the holder and refuses if the alias moved
+alias (a registered-model tag of its own), waits for concurrent writers to settle, and proceeds
+only when its claim is the oldest; it then re-reads the holder and refuses if the alias moved
 since its evidence was gathered. Every move is appended to the alias history tag and recorded
 on the versions under `maskunet.promotion.<alias>.`.
 """
@@ -55,31 +55,39 @@ def version_tag(alias: str, field: str) -> str:
 
 @contextmanager
 def claim(client, name: str, alias: str):
-    """Hold the advisory claim on `alias`, or raise AliasMoved naming who holds it."""
-    key = f"{PROMOTION_TAG}.{alias}.claim"
-    token = {"token": uuid.uuid4().hex, "by": actor(), "at": time.time()}
-    current = _read_claim(client, name, key)
-    if current and time.time() - current["at"] < CLAIM_TTL_S:
-        raise AliasMoved(f"another promotion of @{alias} (by {current['by']}) is in progress; try again")
-    client.set_registered_model_tag(name, key, json.dumps(token))
-    time.sleep(CLAIM_SETTLE_S)
-    current = _read_claim(client, name, key)
-    if not current or current["token"] != token["token"]:
-        who = current["by"] if current else "someone"
-        raise AliasMoved(f"a concurrent promotion of @{alias} (by {who}) won the claim on the alias")
+    """Hold the advisory claim on `alias`, or raise AliasMoved naming who holds it.
+
+    Each claimant writes its own tag (distinct keys: two writers never race on one row, which the
+    store may reject), waits for concurrent writers to land, and wins only if its claim is the
+    oldest live one."""
+    prefix = f"{PROMOTION_TAG}.{alias}.claim."
+    live = _live_claims(client, name, prefix)
+    if live:
+        raise AliasMoved(f"another promotion of @{alias} (by {live[0]['by']}) is in progress; try again")
+    mine = {"token": uuid.uuid4().hex, "by": actor(), "at": time.time()}
+    client.set_registered_model_tag(name, prefix + mine["token"], json.dumps(mine))
     try:
+        time.sleep(CLAIM_SETTLE_S)
+        first = _live_claims(client, name, prefix)[0]
+        if first["token"] != mine["token"]:
+            raise AliasMoved(f"a concurrent promotion of @{alias} (by {first['by']}) won the claim on the alias")
         yield
     finally:
-        if (_read_claim(client, name, key) or {}).get("token") == token["token"]:
-            client.delete_registered_model_tag(name, key)
+        client.delete_registered_model_tag(name, prefix + mine["token"])
 
 
-def _read_claim(client, name: str, key: str) -> Optional[dict]:
-    text = client.get_registered_model(name).tags.get(key)
-    try:
-        return json.loads(text) if text else None
-    except ValueError:
-        return None
+def _live_claims(client, name: str, prefix: str) -> list[dict]:
+    """Claims younger than the TTL, oldest first (ties broken by token, so all readers agree)."""
+    claims = []
+    for key, text in client.get_registered_model(name).tags.items():
+        if key.startswith(prefix):
+            try:
+                entry = json.loads(text)
+            except ValueError:
+                continue
+            if time.time() - entry.get("at", 0) < CLAIM_TTL_S:
+                claims.append({"token": key[len(prefix):], "by": entry.get("by", "someone"), "at": entry["at"]})
+    return sorted(claims, key=lambda c: (c["at"], c["token"]))
 
 
 def move(client, name: str, alias: str, version: str, action: str, tags: dict[str, str]) -> None:

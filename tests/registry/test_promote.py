@@ -150,14 +150,18 @@ def test_two_concurrent_promotions_exactly_one_wins(registry_world):
     barrier, results = threading.Barrier(2), {}
 
     def attempt(version):
-        results[version] = promote(client(world), world.tracking_uri, PromotionRequest("race", version),
-                                   BarrierProgress(barrier))
+        try:
+            results[version] = promote(client(world), world.tracking_uri, PromotionRequest("race", version),
+                                       BarrierProgress(barrier))
+        except Exception as e:  # a thread's exception would otherwise only reach stderr
+            results[version] = e
 
     threads = [threading.Thread(target=attempt, args=(v,)) for v in (medium, identity)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=300)
+    assert not [r for r in results.values() if isinstance(r, Exception)], results
     actions = sorted(r.action for r in results.values())
     assert actions == ["promoted", "refused"], {v: (r.action, r.reason) for v, r in results.items()}
     winner = next(v for v, r in results.items() if r.action == "promoted")
