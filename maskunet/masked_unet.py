@@ -6,6 +6,7 @@ block's masks from the tensors diffusers passes it (hidden state, skips, time em
 Masks are stored on the layers before the block runs, so they are also there when
 gradient checkpointing recomputes the block's inner modules.
 """
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -26,6 +27,7 @@ class MaskedUNet(nn.Module):
         self.unet = unet.requires_grad_(False)
         self.generator = generator
         self.masks_enabled = True
+        self._paused = False  # see paused()
         # None: stochastic Gumbel masks while the generator is in train mode, thresholding in eval mode.
         self.stochastic = stochastic
         self._groups = select_layers(unet, generator.config.layers)
@@ -68,10 +70,24 @@ class MaskedUNet(nn.Module):
         self.unet._maskunet_attached = False
         return self.unet
 
+    @contextmanager
+    def paused(self):
+        """Hooks off: the masked layers keep whatever mask another source sets (the training-free
+        sampler's logits) and run unmasked otherwise, so one loaded pipeline serves both modes."""
+        self._paused = True
+        try:
+            yield self.unet
+        finally:
+            self._paused = False
+            for _, layer in self.masked_layers():
+                layer.mask = None
+
     def masked_layers(self) -> list[tuple[str, nn.Module]]:
         return [item for layers in self._groups.values() for item in layers]
 
     def _set_block_masks(self, index: int, block: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._paused:
+            return
         layers = self._groups[index]
         if not self.masks_enabled:
             for name, module in layers:
@@ -110,6 +126,8 @@ class MaskedUNet(nn.Module):
     def _release_masks(self, module, args, output) -> None:
         """After a call, masks are dropped from the layers (autograd keeps what backward needs),
         except while gradient checkpointing may still recompute blocks from them."""
+        if self._paused:
+            return
         if not (torch.is_grad_enabled() and getattr(self.unet, "is_gradient_checkpointing", False)):
             for _, layer in self.masked_layers():
                 layer.mask = None

@@ -16,6 +16,7 @@ are replaced at the next step.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -91,10 +92,6 @@ class TrainingFreeSampler:
     """
 
     def __init__(self, pipe, reward, config: TrainingFreeConfig | None = None, on_masks=None):
-        # A MaskedUNet's block hooks set (or, switched off, clear) every masked layer's mask
-        # before each block runs, which would overwrite these masks.
-        if getattr(pipe, "masked_unet", None) is not None:
-            raise ValueError("training-free sampling runs on the base U-Net: load the pipeline without trained masks")
         self.pipe, self.reward, self.config = pipe, reward, config or TrainingFreeConfig()
         # on_masks(record, masks: LogitMasks) after each step's optimisation (tests, inspection).
         self.on_masks = on_masks
@@ -117,10 +114,14 @@ class TrainingFreeSampler:
         frozen = [p for m in (unet, self.pipe.vae, self.pipe.text_encoder) for p in m.parameters() if p.requires_grad]
         for p in frozen:  # gradients reach the logits only
             p.requires_grad_(False)
+        # A pipeline's trained masks stay out of the way: their block hooks would otherwise set
+        # (or, switched off, clear) every masked layer's mask before each block runs.
+        masked_unet = getattr(self.pipe, "masked_unet", None)
         start = time.perf_counter()
         try:
-            out = self.pipe(prompt, num_inference_steps=num_inference_steps,
-                            num_images_per_prompt=num_images_per_prompt, **pipe_kwargs)
+            with masked_unet.paused() if masked_unet is not None else contextlib.nullcontext():
+                out = self.pipe(prompt, num_inference_steps=num_inference_steps,
+                                num_images_per_prompt=num_images_per_prompt, **pipe_kwargs)
         finally:
             for hook in hooks:
                 hook.remove()

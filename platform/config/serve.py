@@ -1,9 +1,33 @@
 """`serve` section: the HTTP service (`maskunet serve`): limits, batching, replicas, auth, reload."""
+import re
 from typing import Optional
 
 from pydantic import Field, field_validator, model_validator
 
 from maskunet_platform.config.base import Section
+
+
+REWARD_SPEC = re.compile(r"^(shapes|clip|hps|imagereward)(=[^:]+)?(:[0-9.eE+-]+)?$")
+
+
+class ServeTrainingFree(Section):
+    """Per-request training-free sampling (`"training_free": {...}` in a generate body, off
+    unless a request asks): masks optimised against rewards while sampling, about 20x the
+    cost of a plain image, so it has its own bounds."""
+    enabled: bool = True
+    # NAME[=PATH][:WEIGHT] as for `maskunet generate --reward`; paths are the server's own,
+    # a request cannot name files.
+    rewards: list[str] = Field(default_factory=lambda: ["shapes"], min_length=1)
+    max_iterations: int = Field(200, ge=0, description="optimisation iterations of one request, summed over its steps")
+    max_num_images: int = Field(1, ge=1)
+
+    @field_validator("rewards")
+    @classmethod
+    def _specs(cls, value: list[str]) -> list[str]:
+        bad = [spec for spec in value if not REWARD_SPEC.match(spec)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not NAME[=PATH][:WEIGHT] with NAME one of shapes, clip, hps, imagereward")
+        return value
 
 
 class ServeLimits(Section):
@@ -17,6 +41,7 @@ class ServeLimits(Section):
     min_size: int = Field(32, ge=8, description="width / height in pixels (multiples of 8)")
     max_size: int = Field(768, ge=8)
     max_num_images: int = Field(4, ge=1)
+    training_free: ServeTrainingFree = Field(default_factory=ServeTrainingFree)
 
     @model_validator(mode="after")
     def _ordered(self):

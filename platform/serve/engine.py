@@ -36,6 +36,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     download_dir: Optional[object] = None  # a registered version's downloaded files
     lock: threading.Lock = field(default_factory=threading.Lock)  # one pipeline call at a time
+    rewards: dict = field(default_factory=dict)  # training-free rewards, built on first use
 
     def facts(self) -> ModelFacts:
         tokenizer = self.pipe.tokenizer
@@ -107,13 +108,53 @@ def _png(image) -> bytes:
     return buffer.getvalue()
 
 
+def run_training_free(model: LoadedModel, request: GenerateRequest) -> tuple[list[bytes], dict]:
+    """One training-free request (maskunet.training_free) on the replica's pipeline, with
+    DPM-Solver++ 2M as `maskunet generate --training-free` uses; PNGs and a short report."""
+    import torch
+
+    from maskunet.rewards import build_reward
+    from maskunet.schedules import make_scheduler
+    from maskunet.training_free import TrainingFreeConfig, TrainingFreeSampler
+
+    options, n = request.training_free, request.num_images
+    config = TrainingFreeConfig(schedule=options.schedule, lr=options.lr, keep_probability=options.keep,
+                                seed=request.seed, track_rewards=False)
+    generators = [torch.Generator("cpu").manual_seed(request.seed + i) for i in range(n)]
+    with model.lock, torch.no_grad():  # not inference_mode: the sampler needs autograd
+        pipe, scheduler = model.pipe, model.pipe.scheduler
+        if options.rewards not in model.rewards:
+            model.rewards[options.rewards] = build_reward(list(options.rewards), device=pipe.unet.device)
+        pipe.scheduler = make_scheduler("dpm++2m", scheduler.config)  # under the lock: no other call sees it
+        try:
+            out = TrainingFreeSampler(pipe, model.rewards[options.rewards], config)(
+                [request.prompt] * n, negative_prompt=[request.negative_prompt] * n,
+                num_inference_steps=request.num_inference_steps, guidance_scale=request.guidance_scale,
+                height=request.height, width=request.width, generator=generators)
+        finally:
+            pipe.scheduler = scheduler
+    optimised = [s for s in out.steps if s.iterations]
+    last = optimised[-1].drop_fraction if optimised else {}
+    report = {"iterations": sum(s.iterations for s in out.steps), "rewards": list(options.rewards),
+              "reward_before": [round(s.reward_before, 6) for s in optimised],
+              "drop_fraction_last_step": round(sum(last.values()) / len(last), 6) if last else 0.0,
+              "seconds": round(out.seconds, 4)}
+    return [_png(image) for image in out.images], report
+
+
 def run_batch(model: LoadedModel, requests: list[GenerateRequest]) -> list[dict]:
     """Results of one `@serve.batch` batch: each compatible group is one pipeline call."""
     results: list = [None] * len(requests)
     info = model.registry or {"name": None, "version": None, "alias": None}
     for indices in group_requests(requests):
         started = time.perf_counter()
-        pngs = run_group(model, [requests[i] for i in indices])
+        group = [requests[i] for i in indices]
+        if group[0].training_free is not None:
+            pngs, report = run_training_free(model, group[0])
+            results[indices[0]] = {"pngs": pngs, "batch_size": 1, "model": info, "training_free": report,
+                                   "timings": {"pipeline_s": round(time.perf_counter() - started, 4)}}
+            continue
+        pngs = run_group(model, group)
         seconds = round(time.perf_counter() - started, 4)
         for i, images in zip(indices, pngs):
             results[i] = {"pngs": images, "batch_size": len(indices), "model": info,

@@ -11,10 +11,11 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from maskunet_platform.config.serve import ServeLimits
+from maskunet_platform.config.serve import ServeLimits, ServeTrainingFree
 
 FIELDS = ("prompt", "negative_prompt", "num_inference_steps", "guidance_scale", "seed", "width", "height",
-          "num_images", "masks")
+          "num_images", "masks", "training_free")
+TRAINING_FREE_FIELDS = ("iterations", "schedule", "lr", "keep")
 MAX_SEED = 2**63 - 1
 
 
@@ -28,6 +29,16 @@ class RequestError(Exception):
 
 
 @dataclass(frozen=True)
+class TrainingFreeOptions:
+    """A request's training-free sampling: iterations per step, AdamW lr, initial P(keep), and
+    the service's reward specs."""
+    schedule: str | int
+    lr: float
+    keep: float
+    rewards: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     prompt: str
     negative_prompt: str
@@ -38,9 +49,13 @@ class GenerateRequest:
     height: int
     num_images: int
     masks: bool
+    training_free: Optional[TrainingFreeOptions] = None
 
     def batch_key(self) -> tuple:
-        """Requests with the same key can share one pipeline call (masks is a pipeline switch)."""
+        """Requests with the same key can share one pipeline call (masks is a pipeline switch).
+        A training-free request optimises its own masks, so it never shares a call."""
+        if self.training_free is not None:
+            return ("training_free", id(self))
         return self.width, self.height, self.num_inference_steps, self.guidance_scale, self.masks
 
 
@@ -70,21 +85,21 @@ def parse_body(content_type: Optional[str], body: bytes) -> dict:
     return data
 
 
-def _int(data: dict, field: str, default: int, low: int, high: int) -> int:
+def _int(data: dict, field: str, default: int, low: int, high: int, prefix: str = "") -> int:
     value = data.get(field, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(422, field, f"must be an integer, got {json.dumps(value)}")
+        raise RequestError(422, prefix + field, f"must be an integer, got {json.dumps(value)}")
     if not low <= value <= high:
-        raise RequestError(422, field, f"must be between {low} and {high}, got {value}")
+        raise RequestError(422, prefix + field, f"must be between {low} and {high}, got {value}")
     return value
 
 
-def _float(data: dict, field: str, default: float, low: float, high: float) -> float:
+def _float(data: dict, field: str, default: float, low: float, high: float, prefix: str = "") -> float:
     value = data.get(field, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(422, field, f"must be a number, got {json.dumps(value)}")
+        raise RequestError(422, prefix + field, f"must be a number, got {json.dumps(value)}")
     if not low <= value <= high:
-        raise RequestError(422, field, f"must be between {low} and {high}, got {value}")
+        raise RequestError(422, prefix + field, f"must be between {low} and {high}, got {value}")
     return float(value)
 
 
@@ -115,24 +130,67 @@ def validate(data: dict, limits: ServeLimits, facts: ModelFacts) -> GenerateRequ
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise RequestError(422, unknown[0], f"unknown field (known: {', '.join(FIELDS)})")
-    masks = data.get("masks", facts.has_masks)
+    training_free = data.get("training_free", False)
+    wants_training_free = not (training_free is False or training_free is None)
+    masks = data.get("masks", facts.has_masks and not wants_training_free)
     if not isinstance(masks, bool):
         raise RequestError(422, "masks", f"must be true or false, got {json.dumps(masks)}")
     if masks and not facts.has_masks:
         raise RequestError(422, "masks", "this model has no mask generator; send masks: false")
+    if masks and wants_training_free:
+        raise RequestError(422, "masks", "training_free optimises its own masks over the base U-Net; send masks: false")
     seed = data["seed"] if "seed" in data else random.randint(0, 2**31 - 1)
+    steps = _int(data, "num_inference_steps", facts.default_steps or limits.default_steps, limits.min_steps,
+                 limits.max_steps)
+    num_images = _int(data, "num_images", 1, 1, limits.max_num_images)
     return GenerateRequest(
         prompt=_text(data, "prompt", facts, required=True),
         negative_prompt=_text(data, "negative_prompt", facts, required=False),
-        num_inference_steps=_int(data, "num_inference_steps", facts.default_steps or limits.default_steps,
-                                 limits.min_steps, limits.max_steps),
+        num_inference_steps=steps,
         guidance_scale=_float(data, "guidance_scale", _default_guidance(facts, limits), limits.min_guidance,
                               limits.max_guidance),
         seed=_int({"seed": seed}, "seed", 0, 0, MAX_SEED),
         width=_size(data, "width", facts, limits),
         height=_size(data, "height", facts, limits),
-        num_images=_int(data, "num_images", 1, 1, limits.max_num_images),
-        masks=masks)
+        num_images=num_images,
+        masks=masks,
+        training_free=_training_free(training_free, limits.training_free, steps, num_images))
+
+
+def _training_free(value, limits: ServeTrainingFree, steps: int, num_images: int) -> Optional[TrainingFreeOptions]:
+    """`"training_free": true | {"iterations": K} | {"schedule": "1x7,10x8", "lr": .., "keep": ..}`."""
+    from maskunet.schedules import parse_iteration_schedule
+
+    if value is False or value is None:
+        return None
+    value = {} if value is True else value
+    if not isinstance(value, dict):
+        raise RequestError(422, "training_free", f"must be true, false or an object, got {json.dumps(value)}")
+    if not limits.enabled:
+        raise RequestError(422, "training_free", "is not enabled on this service")
+    unknown = sorted(set(value) - set(TRAINING_FREE_FIELDS))
+    if unknown:
+        raise RequestError(422, f"training_free.{unknown[0]}",
+                           f"unknown field (known: {', '.join(TRAINING_FREE_FIELDS)})")
+    if "iterations" in value and "schedule" in value:
+        raise RequestError(422, "training_free.schedule", "give iterations or schedule, not both")
+    if num_images > limits.max_num_images:
+        raise RequestError(422, "num_images", f"training-free requests allow at most {limits.max_num_images}")
+    field = "iterations" if "iterations" in value else "schedule"
+    schedule = (_int(value, "iterations", 0, 0, limits.max_iterations, "training_free.") if field == "iterations"
+                else value.get("schedule", "reference"))
+    if not isinstance(schedule, (str, int)) or isinstance(schedule, bool):
+        raise RequestError(422, "training_free.schedule", f"must be a string or an integer, got {json.dumps(schedule)}")
+    try:
+        total = sum(parse_iteration_schedule(schedule, steps))
+    except ValueError as e:
+        raise RequestError(422, f"training_free.{field}", str(e)) from None
+    if total > limits.max_iterations:
+        raise RequestError(422, f"training_free.{field}", f"{total} iterations over {steps} steps; "
+                                                           f"this service allows at most {limits.max_iterations}")
+    return TrainingFreeOptions(schedule=schedule, lr=_float(value, "lr", 1e-2, 1e-5, 1.0, "training_free."),
+                               keep=_float(value, "keep", 0.934, 0.5, 0.9999, "training_free."),
+                               rewards=tuple(limits.rewards))
 
 
 def _default_guidance(facts: ModelFacts, limits: ServeLimits) -> float:

@@ -177,9 +177,12 @@ class MaskUNetService:
         if png:
             return Response(result["pngs"][0], media_type="image/png",
                             headers={"X-Batch-Size": str(result["batch_size"]), "X-Seed": str(job.seed)})
-        return {"images": [base64.b64encode(p).decode("ascii") for p in result["pngs"]], "seed": job.seed,
+        body = {"images": [base64.b64encode(p).decode("ascii") for p in result["pngs"]], "seed": job.seed,
                 "model": result["model"], "batch_size": result["batch_size"],
                 "timings": {**result["timings"], "total_s": round(total, 4)}}
+        if "training_free" in result:
+            body["training_free"] = result["training_free"]
+        return body
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.05)
     async def generate_batch(self, requests: list[GenerateRequest]) -> list:

@@ -159,18 +159,6 @@ def test_memory_is_bounded_by_one_step_graph(shapes_pipe):
     assert stale == []
 
 
-def test_training_free_refuses_a_pipeline_with_trained_masks_on(tiny_base, tmp_path):
-    from maskunet import MaskGenerator
-
-    pipe = MaskUNetPipeline.from_base(tiny_base)
-    gen = MaskGenerator.from_unet(pipe.unet)
-    gen.save_pretrained(tmp_path / "masks")
-    masked = MaskUNetPipeline.from_base(tiny_base, masks=tmp_path / "masks")
-    masked.masks_enabled = False  # even switched off, its block hooks would clear the masks
-    with pytest.raises(ValueError, match="without trained masks"):
-        TrainingFreeSampler(masked, build_reward(["shapes"]))
-
-
 def test_iteration_schedules():
     assert reference_schedule(15) == [1] * 7 + [10] * 8
     assert parse_iteration_schedule("reference", 15) == reference_schedule(15)
@@ -318,3 +306,24 @@ def test_clip_reward_from_a_local_folder_is_differentiable(tmp_path):
     assert torch.allclose(value, 2 * clip_alone + 0.5 * ShapesReward()(images, [PROMPT, "a red circle"]))
     value.sum().backward()
     assert images.grad.abs().sum() > 0
+
+
+def test_a_pipeline_with_trained_masks_samples_training_free_like_the_base(tiny_base):
+    """One loaded pipeline serves both modes: training-free sampling pauses the trained masks
+    (the same image as a pipeline without them), and the trained masks work again after."""
+    from maskunet import MaskConfig, MaskGenerator
+
+    torch.manual_seed(0)
+    plain_pipe = load(tiny_base, "dpm++2m")
+    generator = MaskGenerator.from_unet(plain_pipe.unet, MaskConfig(logit_bias=0.0, code_init_std=0.5))
+    masked_pipe = MaskUNetPipeline.from_base(tiny_base, masks=generator)
+    masked_pipe.set_progress_bar_config(disable=True)
+    masked_pipe.scheduler = make_scheduler("dpm++2m", masked_pipe.scheduler.config)
+    masked_before, _ = sample(masked_pipe)
+    config = TrainingFreeConfig(schedule=1)
+    free_plain, _ = sample(plain_pipe, config)
+    free_masked, out = sample(masked_pipe, config)
+    assert np.array_equal(free_plain, free_masked) and sum(r.flipped for r in out.steps) > 0
+    masked_after, _ = sample(masked_pipe)
+    plain, _ = sample(plain_pipe)
+    assert np.array_equal(masked_before, masked_after) and not np.array_equal(masked_after, plain)

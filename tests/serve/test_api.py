@@ -80,6 +80,15 @@ MALFORMED = [  # (body or raw bytes, content type, status, field)
     ({"prompt": "a", "seed": 1.5}, None, 422, "seed"),
     ({"prompt": "a", "masks": "yes"}, None, 422, "masks"),
     ({"prompt": "a", "steps": 4}, None, 422, "steps"),  # unknown field
+    ({"prompt": "a", "training_free": "yes"}, None, 422, "training_free"),
+    ({"prompt": "a", "training_free": {"iters": 1}}, None, 422, "training_free.iters"),
+    ({"prompt": "a", "training_free": {"iterations": 1000}}, None, 422, "training_free.iterations"),
+    ({"prompt": "a", "training_free": {"schedule": "1x99"}}, None, 422, "training_free.schedule"),
+    ({"prompt": "a", "num_inference_steps": 25, "training_free": {"schedule": "10"}}, None, 422,
+     "training_free.schedule"),  # 250 iterations: beyond the service's bound
+    ({"prompt": "a", "training_free": {"lr": 0}}, None, 422, "training_free.lr"),
+    ({"prompt": "a", "training_free": True, "masks": True}, None, 422, "masks"),
+    ({"prompt": "a", "training_free": True, "num_images": 2}, None, 422, "num_images"),
     (b"", None, 400, "body"),
     (b"{\"prompt\": ", None, 400, "body"),
     (b"[1, 2]", None, 400, "body"),
@@ -101,6 +110,20 @@ def test_malformed_requests_get_4xx_naming_the_field(api_url):
     png_many = post_json(api_url + "/v1/generate", {"prompt": "a", "num_images": 2}, headers={"Accept": "image/png"})
     assert png_many.status == 406 and png_many.json()["error"]["field"] == "num_images"
     assert generate(api_url, seed=1).status == 200  # still answering
+
+
+def test_training_free_requests_optimise_their_own_masks(api_url):
+    """`training_free` runs the per-step mask optimisation on the replica's pipeline (whose
+    trained masks it pauses): deterministic per seed, and the served masks are unaffected."""
+    masked = pngs(generate(api_url, seed=5))[0]
+    optimised = generate(api_url, seed=5, training_free={"iterations": 1})
+    report = optimised.json()["training_free"]
+    assert report["iterations"] == 4 and len(report["reward_before"]) == 4 and report["rewards"] == ["shapes"]
+    assert 0 < report["drop_fraction_last_step"] < 0.5
+    assert pngs(generate(api_url, seed=5, training_free={"iterations": 1})) == pngs(optimised)
+    unoptimised = pngs(generate(api_url, seed=5, training_free={"iterations": 0}))
+    assert unoptimised != pngs(optimised)  # the optimised masks change the image
+    assert pngs(generate(api_url, seed=5))[0] == masked  # trained masks back for plain requests
 
 
 def _concurrently(fn, count: int) -> list:
