@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from maskunet.baselines import ADAPTER, LoraSwitch, weights_kind
+from maskunet.baselines import ADAPTER, LORA_FILE, LoraSwitch, weights_kind
 from maskunet.generator import MaskGenerator
 from maskunet.masked_unet import MaskedUNet
 
@@ -55,7 +55,7 @@ class MaskUNetPipeline(StableDiffusionPipeline):
         if generator is not None:
             pipe.mask_generator.to(device=pipe.unet.device)
         if kind == "lora":
-            pipe.load_lora_weights(str(masks), adapter_name=ADAPTER)
+            pipe.load_lora_weights(str(masks), adapter_name=ADAPTER, weight_name=LORA_FILE)
             pipe.tuning, pipe.tuning_kind = LoraSwitch(pipe.unet), "lora"
         elif kind == "full":
             from diffusers import UNet2DConditionModel

@@ -43,10 +43,16 @@ def stratified_timesteps(batch: int, offset: int, buckets: int, num_train_timest
 
 
 @torch.no_grad()
-def paired_eval(base: FrozenBase, generator: MaskGenerator, batches: Iterable[dict[str, torch.Tensor]],
+def paired_eval(base: FrozenBase, generator, batches: Iterable[dict[str, torch.Tensor]],
                 rows: int, buckets: int = 4, seed: int = 1234) -> EvalResult:
-    """Evaluate `generator` on up to `rows` rows; the same randomness feeds base and masked."""
-    masked = MaskedUNet(base.unet, generator.to(base.unet.device).eval())  # generator stays fp32
+    """Evaluate `generator` on up to `rows` rows; the same randomness feeds base and masked.
+
+    `generator`: a MaskGenerator, or a baseline's switch module over `base.unet` (see
+    train/methods.paired_switch) whose `masks_enabled` turns its tuned weights on and off."""
+    if isinstance(generator, MaskGenerator):  # generator stays fp32
+        masked = MaskedUNet(base.unet, generator.to(base.unet.device).eval())
+    else:
+        masked = generator
     scheduler, n_train = base.noise_scheduler, base.noise_scheduler.config.num_train_timesteps
     names = bucket_names(buckets, n_train)
     sums = {kind: torch.zeros(buckets, dtype=torch.float64) for kind in ("base", "masked")}
@@ -69,12 +75,14 @@ def paired_eval(base: FrozenBase, generator: MaskGenerator, batches: Iterable[di
             sums["base"].index_add_(0, bucket, base_loss)
             sums["masked"].index_add_(0, bucket, masked_loss)
             counts.index_add_(0, bucket, torch.ones(take, dtype=torch.float64))
-            _add_layer_drops(drop_sums, masked.mask_stats(per_sample=True), bucket, buckets)
+            if isinstance(masked, MaskedUNet):
+                _add_layer_drops(drop_sums, masked.mask_stats(per_sample=True), bucket, buckets)
             seen += take
             if seen >= rows:
                 break
     finally:
-        masked.unwrap()  # leave the base U-Net as it was
+        if hasattr(masked, "unwrap"):
+            masked.unwrap()  # leave the base U-Net as it was
     if not seen:
         raise ValueError("paired eval got no rows: the held-out data is empty")
     result = _summarise(names, sums, counts, drop_sums, seen)
