@@ -29,7 +29,8 @@ class Trainee:
 
     @property
     def trainable_count(self) -> int:
-        return sum(p.numel() for _, p in self.trained_parameters())
+        # ZeRO-3 partitions parameters: ds_numel is the full size, numel() only the local part.
+        return sum(getattr(p, "ds_numel", p.numel()) for _, p in self.trained_parameters())
 
     def export(self, state: dict[str, torch.Tensor], out_dir: str | Path) -> Path:
         """Write `state` (fp32 trained parameters, gathered on rank 0) in the method's format."""
