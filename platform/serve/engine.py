@@ -43,7 +43,7 @@ class LoadedModel:
         count = lambda text: len(tokenizer(text, truncation=False)["input_ids"])  # noqa: E731
         return ModelFacts(count_tokens=count, max_tokens=tokenizer.model_max_length,
                           default_size=self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor,
-                          has_masks=self.pipe.masked_unet is not None,
+                          has_masks=self.pipe.tuning is not None,
                           default_steps=self.defaults.get("num_inference_steps"),
                           default_guidance=self.defaults.get("guidance_scale"))
 

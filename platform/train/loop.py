@@ -18,7 +18,7 @@ from maskunet_platform.train.checkpoint import (download_for_rank, restore_train
 from maskunet_platform.train.engine import Engine, build_engine, configure_worker_env
 from maskunet_platform.train.recovery import checkpoint_dir_name, checkpoint_to_resume, mark_complete
 from maskunet_platform.train.methods import Trainee, build_trainee
-from maskunet_platform.train.metrics import MetricWindow, gather_per_rank, realised_sparsity
+from maskunet_platform.train.metrics import MetricWindow, gather_per_rank, peak_memory_mb, realised_sparsity
 from maskunet_platform.train.quick_eval import QuickEval
 from maskunet_platform.train.rng import fingerprint, resume_streams
 from maskunet_platform.train.tracking import WorkerTracker
@@ -150,7 +150,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def _step_metrics(w: Worker, step: int, resume_step: int) -> dict[str, float]:
     metrics = {"step": step, "resumed_from_step": resume_step, "train/lr": w.engine.lr,
                "train/skipped_steps": w.engine.skipped_steps,
-               "train/trainable_params": float(w.trainee.trainable_count), **w.trainee.extra_metrics}
+               "train/trainable_params": float(w.trainee.trainable_count),
+               "train/peak_memory_mb": peak_memory_mb(w.device), **w.trainee.extra_metrics}
     if w.engine.loss_scale is not None:
         metrics["train/loss_scale"] = w.engine.loss_scale.scale
     if w.masked is not None:
