@@ -76,7 +76,7 @@ def _evaluate(job: JobConfig, method: str, outcome) -> MethodResult:
     m = outcome.metrics
     return MethodResult(method, int(m.get("train/trainable_params", 0)), float(m.get("train/peak_memory_mb", 0.0)),
                         float(m.get("train/images_per_s", 0.0)), post.eval, post.shapes, outcome.generator_dir,
-                        outcome.run_name)
+                        outcome.run_name, outcome.mlflow_run_id)
 
 
 def _finish_run(job: JobConfig, outcome, result: MethodResult) -> None:

@@ -16,6 +16,7 @@ class MethodResult:
     shapes: object = None  # bench.shapes.benchmark.ShapesReport or None
     weights_dir: str = ""
     run_name: str = ""
+    mlflow_run_id: Optional[str] = None  # the method's training run (loss curves)
 
 
 @dataclass

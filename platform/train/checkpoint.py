@@ -27,7 +27,6 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 import torch
-from torch import nn
 
 from maskunet import MaskGenerator
 from maskunet_platform.train.engine import Engine

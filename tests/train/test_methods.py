@@ -1,18 +1,23 @@
-"""train.method lora | full: the paper's baselines on the same platform.
+"""train.method masks | lora | full and `maskunet compare`, with as few Ray Train runs as possible.
 
-One Ray Train run per engine path, each checked for several things: LoRA (ZeRO-2) trains,
-resumes from its checkpoint, exports a diffusers LoRA file that reloads and generates;
-full fine-tuning under ZeRO-3 with parameter and optimizer offload gives DDP's loss curve
-(clipping off), and the DDP run resumes, exports a diffusers U-Net folder and registers it.
+One comparison on the embedded default (jobs/compare-local.yaml) at a tiny budget trains every
+method under Ray Train on 2 workers (LoRA on ZeRO-2, full fine-tuning on ZeRO-3 with parameter
+and optimizer offload), evaluates them paired and draws the grid (every export reloads and
+generates). Two more runs reuse it: the full fine-tune again on plain DDP (same loss curve,
+clipping off), and the LoRA run extended from its checkpoint (resume).
 """
+import json
+
 import pytest
 import torch
 
 from maskunet_platform.config import ConfigError, load_job
-from tests.train.conftest import LOCAL_JOB
+from tests.fixtures.cli import maskunet_env, run_maskunet
+from tests.train.conftest import LOCAL_JOB, REPO
 
-TINY = ["train.steps=4", "train.checkpoint_every=2", "train.log_every=1", "train.eval.rows=8",
-        "train.eval.batch_size=8", "data.deterministic=true"]
+COMPARE_JOB = REPO / "jobs" / "compare-local.yaml"
+STEPS = 3
+
 
 
 def _unet(base):
@@ -71,62 +76,122 @@ def _image(pipe, enabled: bool):
     return out.images[0]
 
 
+def test_compare_rejects_overrides_of_the_shared_budget():
+    result = run_maskunet(["compare", "-c", str(COMPARE_JOB), "--set", "compare.overrides.lora=[train.steps=99]"],
+                          maskunet_env(), timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "compare.overrides" in result.stderr and "train.steps=99" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def compare_run(ray_local, mlflow_server, shapes_base, train_data, tmp_path_factory):
+    """The embedded default comparison at a tiny budget; clipping off and a fixed row order so
+    its full fine-tune doubles as the ZeRO-3 side of the DDP parity check."""
+    from maskunet_platform.compare.runner import run_compare
+
+    tmp = tmp_path_factory.mktemp("compare")
+    job = load_job(COMPARE_JOB, [
+        f"model.base={shapes_base}", f"data.source={train_data}", f"train.storage_path={tmp / 'runs'}",
+        f"train.export_dir={tmp / 'exports'}", "train.cpus_per_worker=0.5", f"train.steps={STEPS}",
+        "train.log_every=1", "train.warmup_steps=0", "train.deepspeed.gradient_clipping=0", "data.deterministic=true",
+        "train.eval.rows=8", "train.eval.shapes.prompts=4", "train.eval.shapes.steps=3",
+        f"tracking.tracking_uri={mlflow_server.tracking_uri}", "compare.grid_prompts=[a red circle, a blue square]",
+        "compare.grid_steps=2", f"compare.out_dir={tmp}"])
+    return job, run_compare(job)
+
+
 @pytest.mark.slow
-def test_lora_trains_resumes_exports_and_generates(ray_local, make_job, tiny_base):
-    from maskunet import MaskUNetPipeline
+def test_compare_table_grid_counts_and_mlflow(compare_run, mlflow_server):
+    from diffusers import UNet2DConditionModel
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    from maskunet import MaskGenerator
     from maskunet.baselines import load_lora_state, weights_kind
-    from maskunet_platform.train.launcher import train_job
-    from maskunet_platform.train.runs import plan_run
 
-    lora = ["train.method=lora", "train.lora.rank=2", "train.lora.alpha=4", "train.lr=5e-2"]
-    first = train_job(make_job("lora", *TINY, *lora), finalize=False)
-    longer = make_job("lora", *TINY, *lora, "train.steps=6")
-    second = train_job(longer, plan=plan_run(longer, resume=first.run_name))
-    assert (second.metrics["resumed_from_step"], second.metrics["step"]) == (4, 6)  # continued, not restarted
-    assert second.generator_dir.endswith("/lora") and weights_kind(second.generator_dir) == "lora"
-    state = load_lora_state(second.generator_dir)
-    assert sum(v.numel() for v in state.values()) == second.metrics["train/trainable_params"]
-    assert any(v.abs().sum() > 0 for k, v in state.items() if ".lora_B." in k)  # the up-projection trained
-    assert second.eval["eval/rows"] == 8 and second.eval["eval/masked_loss_overall"] != second.eval[
-        "eval/base_loss_overall"]
-    pipe = MaskUNetPipeline.from_base(tiny_base, masks=second.generator_dir)
-    pipe.set_progress_bar_config(disable=True)
-    assert pipe.unet.peft_config["default"].lora_alpha == 4  # rank/alpha come back from the file's metadata
-    tuned, plain = _image(pipe, True), _image(pipe, False)
-    assert tuned.shape == (32, 32, 3) and not (tuned == plain).all()
+    _, outcome = compare_run
+    rows = {row["method"]: row for row in outcome.table.rows}
+    assert list(rows) == ["base", "masks", "lora", "full"]
+    weights = {r.method: r.weights_dir for r in outcome.results}
+    assert {m: weights_kind(d) for m, d in weights.items()} == {"masks": "masks", "lora": "lora", "full": "full"}
+    expected = {"masks": sum(p.numel() for p in MaskGenerator.from_pretrained(weights["masks"]).parameters()),
+                "lora": sum(v.numel() for v in load_lora_state(weights["lora"]).values()),
+                "full": sum(p.numel() for p in UNet2DConditionModel.from_pretrained(weights["full"]).parameters())}
+    assert {m: rows[m]["trainable_params"] for m in expected} == expected
+    assert expected["lora"] < expected["masks"] < expected["full"]
+    for method in ("base", "masks", "lora", "full"):
+        loss = rows[method]["heldout_loss"]
+        assert loss["n"] == 8 and loss["lo"] <= loss["mean"] <= loss["hi"]
+        assert 0 <= rows[method]["shapes_color"]["mean"] <= 1 and rows[method]["shapes_kid"] is not None
+    # Every method moved away from the base on the same held-out rows (paired).
+    assert len({round(rows[m]["heldout_loss"]["mean"], 9) for m in rows}) == 4
+    assert rows["full"]["peak_memory_mb"] > 0 and rows["lora"]["images_per_s"] > 0
+    assert set(outcome.table.versus_masks) == {"lora", "full"}
+    assert "loss" in outcome.table.versus_masks["lora"] and "color" in outcome.table.versus_masks["full"]
+
+    grid = Image.open(outcome.grid_path)  # a caption column, then base + 3 methods; 2 prompts
+    side = (grid.width - 200) // 4
+    assert grid.width == 200 + 4 * side and grid.height == 16 + 2 * side
+    saved = json.loads((outcome.out_dir / "table.json").read_text())
+    assert [r["method"] for r in saved["rows"]] == list(rows)
+    client = MlflowClient(mlflow_server.tracking_uri)
+    assert client.get_run(outcome.mlflow_run_id).data.metrics["full/trainable_params"] == expected["full"]
+    assert {a.path for a in client.list_artifacts(outcome.mlflow_run_id)} >= {"grid.png", "table.json", "table.txt"}
 
 
 @pytest.mark.slow
-def test_full_zero3_offload_matches_ddp_then_resumes_exports_registers(ray_local, mlflow_server, make_job,
-                                                                        tiny_base):
+def test_full_zero3_offload_matches_ddp(compare_run, mlflow_server):
     from mlflow import MlflowClient
 
+    from maskunet_platform.compare.runner import method_job
+    from maskunet_platform.config import apply_overrides
+    from maskunet_platform.config.job import JobConfig
+    from maskunet_platform.train.launcher import train_job
+
+    job, outcome = compare_run
+    zero3 = next(r for r in outcome.results if r.method == "full")
+    full = method_job(job, "full")
+    assert (full.train.deepspeed.zero_stage, full.train.deepspeed.offload_param,
+            full.train.deepspeed.offload_optimizer) == (3, "cpu", "cpu")
+    raw = apply_overrides(full.model_dump(mode="json"), ["name=full-ddp", "train.deepspeed.enabled=false"])
+    ddp = train_job(JobConfig.model_validate(raw), finalize=False)
+    client = MlflowClient(mlflow_server.tracking_uri)
+    curves = [[m.value for m in sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.step)]
+              for run_id in (zero3.mlflow_run_id, ddp.mlflow_run_id)]
+    assert len(curves[0]) == STEPS and len(set(curves[0])) == STEPS
+    assert curves[0] == pytest.approx(curves[1], rel=1e-4, abs=1e-6)  # partitioned + offloaded AdamW = DDP's
+    assert ddp.metrics["train/trainable_params"] == zero3.trainable_params
+
+
+def _image(pipe, enabled: bool):
+    pipe.masks_enabled = enabled
+    out = pipe("a red circle", num_inference_steps=2, guidance_scale=2.0, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    return out.images[0]
+
+
+@pytest.mark.slow
+def test_lora_resumes_from_its_checkpoint_and_the_export_generates(compare_run):
     from maskunet import MaskUNetPipeline
-    from maskunet.baselines import weights_kind
+    from maskunet.baselines import load_lora_state
+    from maskunet_platform.compare.runner import method_job
+    from maskunet_platform.config import apply_overrides
+    from maskunet_platform.config.job import JobConfig
     from maskunet_platform.train.launcher import train_job
     from maskunet_platform.train.runs import plan_run
 
-    full = [*TINY, "train.method=full", "train.lr=1e-3", "train.deepspeed.gradient_clipping=0"]
-    uri = mlflow_server.tracking_uri
-    zero3 = train_job(make_job("full-z3", *full, "train.deepspeed.zero_stage=3", "train.deepspeed.offload_param=cpu",
-                               "train.deepspeed.offload_optimizer=cpu", tracking_uri=uri), finalize=False)
-    ddp = train_job(make_job("full-ddp", *full, "train.deepspeed.enabled=false", tracking_uri=uri), finalize=False)
-    client = MlflowClient(uri)
-    curves = [[m.value for m in sorted(client.get_metric_history(o.mlflow_run_id, "train/loss"), key=lambda m: m.step)]
-              for o in (zero3, ddp)]
-    assert len(curves[0]) == 4 and len(set(curves[0])) == 4
-    assert curves[0] == pytest.approx(curves[1], rel=1e-4, abs=1e-6)  # partitioned + offloaded AdamW = DDP's
-    n_params = sum(p.numel() for p in _unet(tiny_base).parameters())
-    assert zero3.metrics["train/trainable_params"] == ddp.metrics["train/trainable_params"] == n_params
-
-    longer = make_job("full-ddp", *full, "train.deepspeed.enabled=false", "train.steps=6", tracking_uri=uri)
-    more = train_job(longer, plan=plan_run(longer, resume=ddp.run_name))
-    assert (more.metrics["resumed_from_step"], more.metrics["step"]) == (4, 6)
-    assert more.generator_dir.endswith("/unet") and weights_kind(more.generator_dir) == "full"
-    assert more.model_version is not None
-    artifacts = [a.path for a in client.list_artifacts(more.mlflow_run_id)]
-    assert "unet" in artifacts and "mask_generator" not in artifacts
-    pipe = MaskUNetPipeline.from_base(tiny_base, masks=more.generator_dir)
+    job, outcome = compare_run
+    first = next(r for r in outcome.results if r.method == "lora")
+    longer = JobConfig.model_validate(apply_overrides(method_job(job, "lora").model_dump(mode="json"),
+                                                      [f"train.steps={STEPS + 1}"]))
+    before = load_lora_state(first.weights_dir)  # the extension exports to the same folder
+    more = train_job(longer, plan=plan_run(longer, resume=first.run_name), finalize=False)
+    assert (more.metrics["resumed_from_step"], more.metrics["step"]) == (STEPS, STEPS + 1)  # continued
+    after = load_lora_state(more.generator_dir)
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert any(v.abs().sum() > 0 for k, v in after.items() if ".lora_B." in k)  # the up-projection trained
+    pipe = MaskUNetPipeline.from_base(longer.model.base, masks=more.generator_dir)
     pipe.set_progress_bar_config(disable=True)
+    assert pipe.unet.peft_config["default"].r == longer.train.lora.rank  # rank/alpha from the file's metadata
     tuned, plain = _image(pipe, True), _image(pipe, False)
     assert not (tuned == plain).all()
