@@ -1,7 +1,7 @@
 """`compare` section: `maskunet compare` trains each method on the same data and budget."""
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from maskunet_platform.config.base import Section
 
@@ -32,12 +32,13 @@ class CompareSection(Section):
             raise ValueError("list each method once (masks, lora, full)")
         return methods
 
-    @model_validator(mode="after")
-    def _budget_is_shared(self):
-        for method, items in self.overrides.items():
+    @field_validator("overrides")
+    @classmethod
+    def _budget_is_shared(cls, overrides: dict) -> dict:
+        for method, items in overrides.items():
             for item in items:
                 key = item.split("=", 1)[0].strip()
                 if "=" not in item or key.startswith(SHARED_PREFIXES):
-                    raise ValueError(f"overrides.{method}: {item!r} must be key=value and not change "
+                    raise ValueError(f"{method}: {item!r} must be key=value and not change "
                                      "what every method shares (data, base, steps, batch, eval)")
-        return self
+        return overrides
