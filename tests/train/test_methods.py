@@ -122,12 +122,12 @@ def test_compare_table_grid_counts_and_mlflow(compare_run, mlflow_server):
     for method in ("base", "masks", "lora", "full"):
         loss = rows[method]["heldout_loss"]
         assert loss["n"] == 8 and loss["lo"] <= loss["mean"] <= loss["hi"]
-        assert 0 <= rows[method]["shapes_color"]["mean"] <= 1 and rows[method]["shapes_kid"] is not None
+        assert 0 <= rows[method]["shapes_colour"]["mean"] <= 1 and rows[method]["shapes_kid"] is not None
     # Every method moved away from the base on the same held-out rows (paired).
     assert len({round(rows[m]["heldout_loss"]["mean"], 9) for m in rows}) == 4
     assert rows["full"]["peak_memory_mb"] > 0 and rows["lora"]["images_per_s"] > 0
     assert set(outcome.table.versus_masks) == {"lora", "full"}
-    assert "loss" in outcome.table.versus_masks["lora"] and "color" in outcome.table.versus_masks["full"]
+    assert "loss" in outcome.table.versus_masks["lora"] and "colour" in outcome.table.versus_masks["full"]
 
     grid = Image.open(outcome.grid_path)  # a caption column, then base + 3 methods; 2 prompts
     side = (grid.width - 200) // 4
