@@ -86,7 +86,8 @@ def generate(session: Session, prompt, base, masks, model_uri, tracking_uri, no_
     denoise.done()
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     image.save(out_file)
-    mode = "training-free" if sampler_run else ("masks on" if pipe.masks_enabled else "masks off")
+    tuned = pipe.tuning_kind or "masks"  # masks, or lora / full (a baseline's export)
+    mode = "training-free" if sampler_run else (f"{tuned} on" if pipe.masks_enabled else f"{tuned} off")
     data = {"out": str(out_file), "width": image.width, "height": image.height, "mode": mode,
             "masks": "on" if pipe.masks_enabled else "off", "seed": seed, "steps": steps,
             "scheduler": type(pipe.scheduler).__name__}
