@@ -5,6 +5,7 @@ Console output (progress, summaries, --json, log files, exit codes) is owned by
 import click
 
 from maskunet_platform.commands.bench import bench
+from maskunet_platform.commands.compare import compare
 from maskunet_platform.commands.data import data
 from maskunet_platform.commands.model import generate, init_base
 from maskunet_platform.commands.pretrain import pretrain_base
@@ -36,6 +37,7 @@ main.add_command(registry)
 main.add_command(promote)
 main.add_command(sweep)
 main.add_command(serve_command)
+main.add_command(compare)
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,8 @@ def bench() -> None:
 
 @bench.command("shapes")
 @click.option("--base", required=True, help="base pipeline folder (e.g. the pretrained shapes base)")
-@click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False), help="mask-generator folder")
+@click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False),
+              help="trained weights: a mask-generator folder, or a LoRA / U-Net export (train.method lora, full)")
 @click.option("--model", "model_uri", default=None, help="registered model, e.g. models:/NAME@ALIAS (its masks)")
 @click.option("--prompts", default=100, show_default=True, type=click.IntRange(1, 700), help="held-out prompts")
 @click.option("--seeds", default=2, show_default=True, type=click.IntRange(min=1), help="seeds per prompt")

@@ -96,7 +96,7 @@ def prepare(pipe, choice: SamplerChoice):
         pipe.scheduler = make_scheduler(choice.scheduler, pipe.scheduler.config)
     if choice.training_free is None:
         return None
-    if pipe.masked_unet is not None:
+    if pipe.tuning is not None:
         raise InvalidInput("--training-free runs on the base U-Net: drop --masks")
     try:
         reward = build_reward(list(choice.rewards), device=pipe.unet.device)

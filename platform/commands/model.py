@@ -38,7 +38,8 @@ def init_base(session: Session, out_dir: str, pretrained: bool, seed: int) -> No
 @click.command()
 @click.argument("prompt")
 @click.option("--base", default=None, help="base pipeline: local folder or hub id")
-@click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False), help="mask-generator folder")
+@click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False),
+              help="trained weights: a mask-generator folder, or a LoRA / U-Net export (train.method lora, full)")
 @click.option("--model", "model_uri", default=None, help="registered model (instead of --base/--masks): "
               "models:/NAME@ALIAS or models:/NAME/VERSION")
 @click.option("--tracking-uri", default=None, help="MLflow registry for --model (default: $MLFLOW_TRACKING_URI, else local)")
@@ -68,7 +69,7 @@ def generate(session: Session, prompt, base, masks, model_uri, tracking_uri, no_
             pipe = MaskUNetPipeline.from_base(base, masks=masks)
     except (OSError, ValueError) as e:
         raise InvalidInput(f"cannot load base {base!r} / masks {masks!r}: {e}") from None
-    if pipe.masked_unet is not None:
+    if pipe.tuning is not None:  # masks, or a LoRA / fine-tuned U-Net (train.method lora | full)
         pipe.masks_enabled = not no_masks
     sampler_run = prepare(pipe, choice)
     pipe.set_progress_bar_config(disable=True)  # our own progress below
@@ -85,7 +86,8 @@ def generate(session: Session, prompt, base, masks, model_uri, tracking_uri, no_
     denoise.done()
     Path(out_file).parent.mkdir(parents=True, exist_ok=True)
     image.save(out_file)
-    mode = "training-free" if sampler_run else ("masks on" if pipe.masks_enabled else "masks off")
+    tuned = pipe.tuning_kind or "masks"  # masks, or lora / full (a baseline's export)
+    mode = "training-free" if sampler_run else (f"{tuned} on" if pipe.masks_enabled else f"{tuned} off")
     data = {"out": str(out_file), "width": image.width, "height": image.height, "mode": mode,
             "masks": "on" if pipe.masks_enabled else "off", "seed": seed, "steps": steps,
             "scheduler": type(pipe.scheduler).__name__}

@@ -14,7 +14,8 @@ from maskunet_platform.console.summary import Summary
 
 @click.command("serve")
 @click.option("--base", default=None, help="base pipeline: local folder or hub id")
-@click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False), help="mask-generator folder")
+@click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False),
+              help="trained weights: a mask-generator folder, or a LoRA / U-Net export (train.method lora, full)")
 @click.option("--model", "model_uri", default=None, help="registered model: models:/NAME@ALIAS or models:/NAME/VERSION")
 @click.option("--host", default=None, help="bind address (default: serve.host, 127.0.0.1)")
 @click.option("--port", default=None, type=click.IntRange(1, 65535), help="HTTP port (default: serve.port, 8000)")

@@ -6,6 +6,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from maskunet_platform.config.base import Section
+from maskunet_platform.config.compare import CompareSection
 from maskunet_platform.config.model import MaskSection, ModelSection
 from maskunet_platform.config.data import DataSection
 from maskunet_platform.config.serve import ServeSection
@@ -29,6 +30,8 @@ class JobConfig(Section):
     # run is (fingerprints, params) or what workers receive.
     tune: TuneSection = Field(default_factory=TuneSection, exclude=True)
     serve: ServeSection = Field(default_factory=ServeSection)
+    # Only `maskunet compare` reads it; excluded from dumps like `tune`.
+    compare: CompareSection = Field(default_factory=CompareSection, exclude=True)
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -67,7 +67,20 @@ class SamplesSection(Section):
     resolution: Optional[int] = Field(None, ge=8, description="default: data.resolution")
 
 
+class LoraSection(Section):
+    # train.method lora: PEFT LoRA on the U-Net (zero-initialised up-projection: step 0 = the base).
+    rank: int = Field(4, ge=1)
+    alpha: Optional[float] = Field(None, gt=0, description="LoRA alpha; default: rank (scale 1)")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    layers: Optional[str] = Field(None, description="layer selection, mask.layers syntax; default: mask.layers "
+                                                    "(the decoder attention projections the masks cover)")
+
+
 class TrainSection(Section):
+    # What trains: the mask generator (the method), a LoRA on the U-Net, or the whole U-Net
+    # (the paper's baselines), with the same data, engine, checkpoints, eval and registry.
+    method: Literal["masks", "lora", "full"] = "masks"
+    lora: LoraSection = Field(default_factory=LoraSection)
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)
@@ -108,6 +121,8 @@ class TrainSection(Section):
         if self.precision == "fp16" and self.deepspeed.zero_stage == 0:
             raise ValueError("precision fp16 needs deepspeed.zero_stage >= 1 "
                              "(its loss scale lives in the ZeRO optimizer)")
+        if self.method == "full" and self.precision != "fp32":
+            raise ValueError("method full trains the U-Net in fp32: set precision fp32")
         if self.backend == "nccl" and not self.use_gpu:
             raise ValueError("backend nccl needs use_gpu: true")
         return self

@@ -46,7 +46,8 @@ def version_tags(job, run_id: str, run_name: str, post) -> dict[str, str]:
     from maskunet_platform.registry.evidence import evidence_tags, heldout_evidence, shapes_evidence
 
     source = {"run_id": run_id, "data_source": job.data.source, "base_model": job.model.base,
-              "ray_run_name": run_name, "mask_config": json.dumps(job.mask.model_dump(mode="json"), sort_keys=True)}
+              "ray_run_name": run_name, "mask_config": json.dumps(job.mask.model_dump(mode="json"), sort_keys=True),
+              "method": job.train.method}
     shapes = shapes_evidence(post.shapes) if post.shapes is not None else None
     return {**source, **evidence_tags(heldout_evidence(post.eval, job, "holdout"), shapes)}
 

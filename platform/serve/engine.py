@@ -44,7 +44,7 @@ class LoadedModel:
         count = lambda text: len(tokenizer(text, truncation=False)["input_ids"])  # noqa: E731
         return ModelFacts(count_tokens=count, max_tokens=tokenizer.model_max_length,
                           default_size=self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor,
-                          has_masks=self.pipe.masked_unet is not None,
+                          has_masks=self.pipe.tuning is not None, tuning_kind=self.pipe.tuning_kind,
                           default_steps=self.defaults.get("num_inference_steps"),
                           default_guidance=self.defaults.get("guidance_scale"))
 
@@ -126,6 +126,7 @@ def run_training_free(model: LoadedModel, request: GenerateRequest) -> tuple[lis
         if options.rewards not in model.rewards:
             model.rewards[options.rewards] = build_reward(list(options.rewards), device=pipe.unet.device)
         pipe.scheduler = make_scheduler("dpm++2m", scheduler.config)  # under the lock: no other call sees it
+        pipe.masks_enabled = False  # the base U-Net (a full fine-tune's is swapped out; trained masks pause)
         try:
             out = TrainingFreeSampler(pipe, model.rewards[options.rewards], config)(
                 [request.prompt] * n, negative_prompt=[request.negative_prompt] * n,

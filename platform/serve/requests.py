@@ -68,6 +68,7 @@ class ModelFacts:
     has_masks: bool
     default_steps: Optional[int] = None
     default_guidance: Optional[float] = None
+    tuning_kind: Optional[str] = None  # masks | lora | full | None (the base)
 
 
 def parse_body(content_type: Optional[str], body: bytes) -> dict:
@@ -139,6 +140,8 @@ def validate(data: dict, limits: ServeLimits, facts: ModelFacts) -> GenerateRequ
         raise RequestError(422, "masks", "this model has no mask generator; send masks: false")
     if masks and wants_training_free:
         raise RequestError(422, "masks", "training_free optimises its own masks over the base U-Net; send masks: false")
+    if wants_training_free and facts.tuning_kind == "lora":
+        raise RequestError(422, "training_free", "is not available on a LoRA model (its adapters wrap the masked layers)")
     seed = data["seed"] if "seed" in data else random.randint(0, 2**31 - 1)
     steps = _int(data, "num_inference_steps", facts.default_steps or limits.default_steps, limits.min_steps,
                  limits.max_steps)

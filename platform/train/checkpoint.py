@@ -2,8 +2,10 @@
 
 Layout of one checkpoint directory (every rank writes its own files; Ray Train merges them):
 
-    train_state.json        step, world size, engine kind, fp16 loss scale (rank 0)
-    generator/              consolidated fp32 MaskGenerator folder, config + safetensors (rank 0)
+    train_state.json        step, world size, engine kind, method, fp16 loss scale (rank 0)
+    generator/              the consolidated fp32 trained weights in the method's export format
+                            (rank 0): a MaskGenerator folder (masks), a diffusers LoRA file (lora)
+                            or a diffusers U-Net folder (full), see train/methods
     deepspeed/<tag>/...     each rank's DeepSpeed ZeRO shard (all ranks), or
     ddp/optimizer.pt        optimizer + lr-scheduler state (rank 0, plain tensors only)
     rng/rank<r>.safetensors each rank's random-stream state (see rng.py)
@@ -25,7 +27,6 @@ from typing import Optional
 
 import pyarrow.fs as pafs
 import torch
-from torch import nn
 
 from maskunet import MaskGenerator
 from maskunet_platform.train.engine import Engine
@@ -44,15 +45,24 @@ class TrainState:
     engine: str = "deepspeed"
     loss_scale: Optional[float] = None  # fp16: the dynamic loss scale and its growth counter
     loss_scale_good_steps: int = 0
+    method: str = "masks"
 
 
-def full_generator_state(engine: Engine, generator: nn.Module) -> dict[str, torch.Tensor]:
-    """fp32 generator weights gathered from the ZeRO partitions. Collective: all ranks call it."""
+def as_trainee(trained):
+    """A Trainee, or a bare MaskGenerator wrapped as the masks method's trainee."""
+    from maskunet_platform.train.methods import Trainee
+
+    return trained if isinstance(trained, Trainee) else Trainee("masks", trained, trained)
+
+
+def full_generator_state(engine: Engine, trained) -> dict[str, torch.Tensor]:
+    """fp32 trained weights (a MaskGenerator's, or a Trainee's trained parameters) gathered
+    from the ZeRO partitions. Collective: all ranks call it."""
     state = {}
     if engine.ds_engine is not None:
         from deepspeed.utils import safe_get_full_fp32_param
 
-    for name, param in generator.named_parameters():
+    for name, param in as_trainee(trained).trained_parameters():
         full = safe_get_full_fp32_param(param) if engine.ds_engine is not None else None
         state[name] = (full if full is not None else param.detach()).float().cpu().clone()
     return state
@@ -67,14 +77,16 @@ def export_generator(generator: MaskGenerator, state: dict[str, torch.Tensor], o
     return out_dir
 
 
-def save_training_checkpoint(engine: Engine, generator: MaskGenerator, step: int, rank: int,
+def save_training_checkpoint(engine: Engine, trained, step: int, rank: int,
                              world_size: int, out_dir: str | Path, rng: Optional[torch.Generator] = None) -> None:
     """Every rank writes its part of the step-`step` checkpoint into its local `out_dir`
-    (with `rng`, the worker's generator: the state of this rank's random streams)."""
+    (`trained`: a Trainee or a MaskGenerator; with `rng`, the worker's generator: the state of
+    this rank's random streams)."""
     out_dir = Path(out_dir)
+    trainee = as_trainee(trained)
     if rng is not None:
         save_rng_state(rng, rank, out_dir)
-    state = full_generator_state(engine, generator)
+    state = full_generator_state(engine, trainee)
     if engine.ds_engine is not None:
         engine.ds_engine.save_checkpoint(str(out_dir / "deepspeed"), tag=_tag(step),
                                          exclude_frozen_parameters=True)
@@ -83,8 +95,8 @@ def save_training_checkpoint(engine: Engine, generator: MaskGenerator, step: int
         torch.save({"optimizer": engine.optimizer.state_dict(), "lr_scheduler": engine.lr_scheduler.state_dict()},
                    out_dir / "ddp" / "optimizer.pt")
     if rank == 0:
-        export_generator(generator, state, out_dir / GENERATOR_DIR)
-        train_state = TrainState(step=step, world_size=world_size, engine=engine.kind)
+        trainee.export(state, out_dir / GENERATOR_DIR)
+        train_state = TrainState(step=step, world_size=world_size, engine=engine.kind, method=trainee.method)
         if engine.loss_scale is not None:
             train_state.loss_scale = engine.loss_scale.scale
             train_state.loss_scale_good_steps = engine.loss_scale.good_steps
@@ -153,16 +165,20 @@ def _copy(fs: pafs.FileSystem, src: str, dst: Path) -> None:
     pafs.copy_files(src, str(dst), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
 
 
-def restore_training_checkpoint(engine: Engine, generator: MaskGenerator, ckpt_dir: str | Path,
+def restore_training_checkpoint(engine: Engine, trained, ckpt_dir: str | Path,
                                 world_size: int) -> int:
-    """Load a checkpoint into the engine; returns the step to continue from."""
+    """Load a checkpoint into the engine (`trained`: a Trainee or a MaskGenerator); returns the
+    step to continue from."""
     ckpt_dir = Path(ckpt_dir)
+    trainee = as_trainee(trained)
     state = read_train_state(ckpt_dir)
+    if state.method != trainee.method:
+        raise ValueError(f"checkpoint {ckpt_dir} trained method {state.method!r}, this run {trainee.method!r}")
     if state.engine != engine.kind or state.world_size != world_size:
         # Optimizer shards only fit the same engine and world size: keep the weights, restart Adam.
         log.warning("checkpoint from %s x%d, now %s x%d: restoring generator weights only",
                     state.engine, state.world_size, engine.kind, world_size)
-        _load_generator_weights(generator, ckpt_dir / GENERATOR_DIR)
+        trainee.load_weights(ckpt_dir / GENERATOR_DIR)
         return state.step
     if engine.ds_engine is not None:
         with _torch_load_weights_only():
@@ -174,18 +190,11 @@ def restore_training_checkpoint(engine: Engine, generator: MaskGenerator, ckpt_d
             engine.loss_scale.scale, engine.loss_scale.good_steps = state.loss_scale, state.loss_scale_good_steps
             engine.apply_loss_scale()
     else:
-        _load_generator_weights(generator, ckpt_dir / GENERATOR_DIR)
+        trainee.load_weights(ckpt_dir / GENERATOR_DIR)
         saved = torch.load(ckpt_dir / "ddp" / "optimizer.pt", map_location="cpu", weights_only=True)
         engine.optimizer.load_state_dict(saved["optimizer"])
         engine.lr_scheduler.load_state_dict(saved["lr_scheduler"])
     return state.step
-
-
-def _load_generator_weights(generator: MaskGenerator, folder: Path) -> None:
-    loaded = dict(MaskGenerator.from_pretrained(str(folder)).named_parameters())
-    with torch.no_grad():
-        for name, param in generator.named_parameters():
-            param.copy_(loaded[name].to(param.dtype))
 
 
 def _tag(step: int) -> str:

@@ -23,6 +23,8 @@ class EvalResult:
     rows: int
     layer_drop: dict[str, list[float]] = field(default_factory=dict)  # layer -> drop fraction per bucket
     data_fingerprint: str = ""  # sha256 over the evaluated rows' inputs, in order (see data_digest)
+    # Per-row losses in evaluation order ("base", "masked"): paired comparisons across models.
+    per_sample: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     def metrics(self, prefix: str = "eval/") -> dict[str, float]:
         out = {f"{prefix}rows": float(self.rows)}
@@ -31,7 +33,23 @@ class EvalResult:
                 out[f"{prefix}base_loss_{key}"] = self.base_loss[key]
                 out[f"{prefix}masked_loss_{key}"] = self.masked_loss[key]
         out[f"{prefix}loss_delta_overall"] = self.masked_loss["overall"] - self.base_loss["overall"]
+        if len(self.per_sample.get("masked", ())) > 1:
+            lo, hi = mean_interval([m - b for m, b in zip(self.per_sample["masked"], self.per_sample["base"])])[1:]
+            out[f"{prefix}loss_delta_overall_lo"], out[f"{prefix}loss_delta_overall_hi"] = lo, hi
         return out
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean with its 95% t-interval (paired differences: pass the deltas)."""
+    from maskunet_platform.bench.shapes.scoring import t_quantile
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, mean, mean
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    half = t_quantile(0.975, n - 1) * sd / n ** 0.5
+    return mean, mean - half, mean + half
 
 
 def stratified_timesteps(batch: int, offset: int, buckets: int, num_train_timesteps: int,
@@ -43,15 +61,22 @@ def stratified_timesteps(batch: int, offset: int, buckets: int, num_train_timest
 
 
 @torch.no_grad()
-def paired_eval(base: FrozenBase, generator: MaskGenerator, batches: Iterable[dict[str, torch.Tensor]],
+def paired_eval(base: FrozenBase, generator, batches: Iterable[dict[str, torch.Tensor]],
                 rows: int, buckets: int = 4, seed: int = 1234) -> EvalResult:
-    """Evaluate `generator` on up to `rows` rows; the same randomness feeds base and masked."""
-    masked = MaskedUNet(base.unet, generator.to(base.unet.device).eval())  # generator stays fp32
+    """Evaluate `generator` on up to `rows` rows; the same randomness feeds base and masked.
+
+    `generator`: a MaskGenerator, or a baseline's switch module over `base.unet` (see
+    train/methods.paired_switch) whose `masks_enabled` turns its tuned weights on and off."""
+    if isinstance(generator, MaskGenerator):  # generator stays fp32
+        masked = MaskedUNet(base.unet, generator.to(base.unet.device).eval())
+    else:
+        masked = generator
     scheduler, n_train = base.noise_scheduler, base.noise_scheduler.config.num_train_timesteps
     names = bucket_names(buckets, n_train)
     sums = {kind: torch.zeros(buckets, dtype=torch.float64) for kind in ("base", "masked")}
     counts = torch.zeros(buckets, dtype=torch.float64)
     drop_sums: dict[str, torch.Tensor] = {}
+    per_sample: dict[str, list[float]] = {"base": [], "masked": []}
     rng, seen, digest = torch.Generator().manual_seed(seed), 0, hashlib.sha256()
     try:
         for batch in batches:
@@ -66,19 +91,24 @@ def paired_eval(base: FrozenBase, generator: MaskGenerator, batches: Iterable[di
             base_loss = diffusion_loss(masked, scheduler, latents, states, noise, timesteps).double().cpu()
             masked.masks_enabled = True
             masked_loss = diffusion_loss(masked, scheduler, latents, states, noise, timesteps).double().cpu()
+            per_sample["base"] += base_loss.tolist()
+            per_sample["masked"] += masked_loss.tolist()
             sums["base"].index_add_(0, bucket, base_loss)
             sums["masked"].index_add_(0, bucket, masked_loss)
             counts.index_add_(0, bucket, torch.ones(take, dtype=torch.float64))
-            _add_layer_drops(drop_sums, masked.mask_stats(per_sample=True), bucket, buckets)
+            if isinstance(masked, MaskedUNet):
+                _add_layer_drops(drop_sums, masked.mask_stats(per_sample=True), bucket, buckets)
             seen += take
             if seen >= rows:
                 break
     finally:
-        masked.unwrap()  # leave the base U-Net as it was
+        if hasattr(masked, "unwrap"):
+            masked.unwrap()  # leave the base U-Net as it was
     if not seen:
         raise ValueError("paired eval got no rows: the held-out data is empty")
     result = _summarise(names, sums, counts, drop_sums, seen)
     result.data_fingerprint = digest.hexdigest()
+    result.per_sample = per_sample
     return result
 
 

@@ -14,6 +14,8 @@ from maskunet_platform.train.base import load_frozen_base, resolve_base
 from maskunet_platform.train.tracking import log_metrics
 
 log = logging.getLogger(__name__)
+# MLflow artifact folder of the trained weights per train.method.
+ARTIFACT_NAMES = {"masks": "mask_generator", "lora": "lora", "full": "unet"}
 
 
 def eval_batches(job: JobConfig, base_location: str, data_uri: Optional[str] = None, split: str = "holdout"):
@@ -31,8 +33,13 @@ def run_paired_eval(job: JobConfig, base_location: str, generator_dir: str, data
     """Paired eval in this process (called inside the post-training task)."""
     from maskunet_platform.train.evaluate import paired_eval
 
+    from maskunet.baselines import weights_kind
+    from maskunet_platform.train.methods import paired_switch
+
     base = load_frozen_base(job.model.model_copy(update={"base": base_location}), device, dtype)
-    generator = MaskGenerator.from_pretrained(generator_dir)
+    kind = weights_kind(generator_dir)  # masks, or a baseline's LoRA / U-Net export
+    generator = MaskGenerator.from_pretrained(generator_dir) if kind == "masks" else \
+        paired_switch(kind, base.unet, generator_dir)
     cfg = job.train.eval
     return paired_eval(base, generator, eval_batches(job, base_location, data_uri, split), cfg.rows,
                        cfg.timestep_buckets, cfg.seed)
@@ -51,7 +58,7 @@ def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional
     shapes = " + shapes benchmark" if job.train.eval.shapes.prompts else ""
     with progress.stage("evaluate" + (" + samples" if samples else "") + shapes):
         post = run_post_training(job, GeneratorSource(checkpoint=checkpoint),
-                                 heatmap=tracking and job.tracking.log_heatmap, samples=samples, shapes=True)
+                                 heatmap=tracking and job.tracking.log_heatmap and job.train.method == "masks", samples=samples, shapes=True)
     outcome.eval = post.eval.metrics()
     if post.shapes is not None:
         outcome.eval.update(post.shapes.metrics())
@@ -71,7 +78,7 @@ def _log_and_register(job: JobConfig, outcome, target, post, job_yaml: Optional[
     client = MlflowClient(target.tracking_uri)
     with tempfile.TemporaryDirectory(prefix="maskunet-artifacts-") as tmp:
         tmp = Path(tmp)
-        client.log_artifacts(target.run_id, outcome.generator_dir, "mask_generator")
+        client.log_artifacts(target.run_id, outcome.generator_dir, ARTIFACT_NAMES[job.train.method])
         files = {"job.yaml": job_yaml and job_yaml.encode(), "sparsity_heatmap.png": post.heatmap_png,
                  "samples_base_vs_masked.png": post.samples_png,
                  "shapes_benchmark.png": post.shapes and post.shapes.grid_png,

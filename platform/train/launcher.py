@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 class TrainingOutcome:
     run_name: str
     checkpoint_path: str  # latest Ray Train checkpoint (local path or bucket/prefix on S3)
-    generator_dir: str  # exported MaskGenerator folder (local)
+    generator_dir: str  # exported trained weights (local): MaskGenerator, LoRA or U-Net folder
     metrics: dict
     mlflow_run_id: Optional[str] = None
     artifact_uri: Optional[str] = None
@@ -257,12 +257,13 @@ def _mark_failed(target) -> None:
 
 
 def export_final_generator(checkpoint, job: JobConfig, run_name: str) -> Path:
-    """Copy the consolidated generator folder (only that folder, not the DeepSpeed shards)
-    out of the final checkpoint to a local export dir."""
+    """Copy the consolidated trained weights (only that folder, not the DeepSpeed shards) out
+    of the final checkpoint to <export_dir>/<run>/{generator | lora | unet} (by train.method)."""
     import shutil
 
     from maskunet_platform.train.checkpoint import download_generator
+    from maskunet_platform.train.methods import EXPORT_NAMES
 
-    out = Path(job.train.export_dir).expanduser() / run_name / "generator"
+    out = Path(job.train.export_dir).expanduser() / run_name / EXPORT_NAMES[job.train.method]
     shutil.rmtree(out, ignore_errors=True)
     return download_generator(checkpoint, out)

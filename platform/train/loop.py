@@ -8,7 +8,6 @@ from typing import Any, Iterator, Optional
 import ray.train
 import torch
 
-from maskunet import MaskedUNet, MaskGenerator, sparsity_penalty
 from maskunet.training import diffusion_loss, sample_timesteps
 from maskunet_platform.config import JobConfig
 from maskunet_platform.console.train_progress import BoardClient
@@ -18,7 +17,8 @@ from maskunet_platform.train.checkpoint import (download_for_rank, restore_train
                                                  save_training_checkpoint)
 from maskunet_platform.train.engine import Engine, build_engine, configure_worker_env
 from maskunet_platform.train.recovery import checkpoint_dir_name, checkpoint_to_resume, mark_complete
-from maskunet_platform.train.metrics import MetricWindow, gather_per_rank, realised_sparsity
+from maskunet_platform.train.methods import Trainee, build_trainee
+from maskunet_platform.train.metrics import MetricWindow, gather_per_rank, peak_memory_mb, realised_sparsity
 from maskunet_platform.train.quick_eval import QuickEval
 from maskunet_platform.train.rng import fingerprint, resume_streams
 from maskunet_platform.train.tracking import WorkerTracker
@@ -38,7 +38,7 @@ def mask_config(job: JobConfig):
 class Worker:
     job: JobConfig
     base: FrozenBase
-    masked: MaskedUNet
+    trainee: Trainee  # what trains (train.method): mask generator, LoRA or the whole U-Net
     engine: Engine
     rank: int
     world_size: int
@@ -46,19 +46,26 @@ class Worker:
     tracker: WorkerTracker
     board: BoardClient  # rank 0's progress to the driver's console (a no-op elsewhere)
     quick: Optional[QuickEval] = None  # fixed held-out rows scored at every report (sweeps)
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32  # of the U-Net's inputs (train.precision)
+
+    @property
+    def masked(self):
+        """The MaskedUNet (masks method) or None."""
+        return self.trainee.masked
 
 
 def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """One micro-batch: diffusion loss of the masked U-Net + sparsity penalty, backward, step."""
-    latents, text_states = batch_inputs(w.base, batch, w.masked.device, w.masked.dtype, w.rng)
+    """One micro-batch: diffusion loss of the trained model (+ the masks' sparsity penalty), backward, step."""
+    latents, text_states = batch_inputs(w.base, batch, w.device, w.dtype, w.rng)
     noise = torch.randn(latents.shape, generator=w.rng).to(latents)
     timesteps = sample_timesteps(w.base.noise_scheduler, latents.shape[0], latents.device, w.rng)
     per_sample = diffusion_loss(w.engine.forward_module, w.base.noise_scheduler, latents, text_states,
                                 noise, timesteps)
     loss = per_sample.mean()
-    if w.masked.track_drop_probability:  # rho costs 4 bytes per mask entry: only when weighted
-        loss = loss + sparsity_penalty(w.masked.expected_sparsity(), w.job.mask.target_sparsity,
-                                       w.job.mask.sparsity_weight)
+    penalty = w.trainee.penalty(w.job)  # rho costs 4 bytes per mask entry: only when weighted
+    if penalty is not None:
+        loss = loss + penalty
     w.engine.backward(loss)
     stepped = w.engine.step()
     return per_sample.detach(), timesteps, stepped
@@ -89,13 +96,10 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     base = load_frozen_base(job.model, device, DTYPES[job.train.precision])
     if job.train.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
-    torch.manual_seed(job.train.seed)  # identical generator init on every rank
-    generator = MaskGenerator.from_unet(base.unet, mask_config(job)).to(device)
-    masked = MaskedUNet(base.unet, generator).train()
-    masked.track_drop_probability = job.mask.sparsity_weight > 0
+    trainee = build_trainee(job, base.unet, device)  # seeded: identical init on every rank
     if job.train.compile:
         base.unet.compile()
-    engine = build_engine(masked, job.train, job.data.batch_size, world_size, device)
+    engine = build_engine(trainee.model, job.train, job.data.batch_size, world_size, device)
     rng = torch.Generator()  # seeded per rank and step in _restore
     tracker = WorkerTracker(config.get("tracking"), enabled=rank == 0, settings=job.tracking)
     board = BoardClient(config.get("progress"), enabled=rank == 0)
@@ -104,7 +108,8 @@ def setup_worker(config: dict[str, Any]) -> Worker:
     if config.get("quick_eval"):
         quick = QuickEval.prepare(base, config["quick_eval"], device, DTYPES[job.train.precision],
                                   job.train.eval.seed, job.train.eval.timestep_buckets)
-    return Worker(job, base, masked, engine, rank, world_size, rng, tracker, board, quick)
+    return Worker(job, base, trainee, engine, rank, world_size, rng, tracker, board, quick, device,
+                  DTYPES[job.train.precision])
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -143,14 +148,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def _step_metrics(w: Worker, step: int, resume_step: int) -> dict[str, float]:
-    stats = w.masked.mask_stats()
     metrics = {"step": step, "resumed_from_step": resume_step, "train/lr": w.engine.lr,
-               "train/sparsity_realised": realised_sparsity(stats), "train/skipped_steps": w.engine.skipped_steps}
+               "train/skipped_steps": w.engine.skipped_steps,
+               "train/trainable_params": float(w.trainee.trainable_count),
+               "train/peak_memory_mb": peak_memory_mb(w.device), **w.trainee.extra_metrics}
     if w.engine.loss_scale is not None:
         metrics["train/loss_scale"] = w.engine.loss_scale.scale
-    if stats["rho"] is not None:
-        metrics["train/sparsity_expected"] = stats["rho"]
-    if w.quick is not None:
+    if w.masked is not None:
+        stats = w.masked.mask_stats()
+        metrics["train/sparsity_realised"] = realised_sparsity(stats)
+        if stats["rho"] is not None:
+            metrics["train/sparsity_expected"] = stats["rho"]
+    if w.quick is not None and w.masked is not None:
         metrics |= w.quick.metrics(w.engine.forward_module, w.masked, w.base.noise_scheduler)
     return metrics
 
@@ -160,7 +169,7 @@ def _report(w: Worker, metrics: dict, step: int, checkpoint: bool) -> None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="maskunet-ckpt-") as local:
-        save_training_checkpoint(w.engine, w.masked.generator, step, w.rank, w.world_size, local, rng=w.rng)
+        save_training_checkpoint(w.engine, w.trainee, step, w.rank, w.world_size, local, rng=w.rng)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
                          checkpoint_dir_name=checkpoint_dir_name(step))
     mark_complete(step, w.rank)
@@ -176,7 +185,7 @@ def _restore(w: Worker) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="maskunet-resume-") as local:
         download_for_rank(checkpoint.filesystem, checkpoint.path, local, w.rank, w.world_size, w.engine.kind)
-        step = restore_training_checkpoint(w.engine, w.masked.generator, local, w.world_size)
+        step = restore_training_checkpoint(w.engine, w.trainee, local, w.world_size)
         how = resume_streams(w.rng, seed, w.rank, step, local)
     log.info("rank %d: resumed at step %d (random streams %s)", w.rank, step, how)
     return step

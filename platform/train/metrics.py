@@ -103,3 +103,14 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu")
         dist.all_reduce(tensor)
     return tensor.cpu()
+
+
+def peak_memory_mb(device) -> float:
+    """Peak memory of this training worker: CUDA allocations on a GPU, else the process's max RSS."""
+    import resource
+
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

@@ -30,9 +30,13 @@ class GeneratorSource:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "GeneratorSource":
+        from maskunet.baselines import weights_kind
+
         folder = Path(folder)
-        if not (folder / "config.json").exists():
-            raise FileNotFoundError(f"{str(folder)!r} is not a mask-generator folder (no config.json)")
+        try:
+            weights_kind(folder)  # a mask generator, or a baseline's LoRA / U-Net export
+        except ValueError as e:
+            raise FileNotFoundError(str(e)) from None
         return cls(files={p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()})
 
     def materialize(self, dest: Path) -> Path:

@@ -39,6 +39,7 @@ class ShapesReport:
     kid: dict[str, tuple[float, float]] = field(default_factory=dict)
     difference: Optional[dict] = None  # masked (or training_free) - base, paired
     grid_png: bytes = b""
+    scores: dict[str, list] = field(default_factory=dict, repr=False)  # model -> per-image scores (pairing)
 
     def metrics(self, prefix: str = "shapes") -> dict[str, float]:
         """Flat MLflow metrics: <prefix>/<model>/<category>[_lo|_hi], KID, paired differences."""
@@ -75,7 +76,7 @@ def run_shapes_benchmark(pipe, settings: ShapesBenchSettings, compare: bool,
     the masked U-Net's (paired with the plain pipe's under `compare`)."""
     prompts = benchmark_prompts(settings.prompts, seed=settings.prompt_seed)
     seeds = list(range(settings.seeds))
-    has_masks = getattr(pipe, "masked_unet", None) is not None
+    has_masks = getattr(pipe, "tuning", None) is not None  # masks, or a LoRA / fine-tuned U-Net
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     reference = real_images(prompts, resolution, seed=settings.prompt_seed + 1)
     ref_features = image_features([im for im in reference for _ in seeds])
@@ -97,6 +98,7 @@ def run_shapes_benchmark(pipe, settings: ShapesBenchSettings, compare: bool,
         pairs = [(p, s) for p in prompts for s in seeds]
         scores[model] = [score(p, detect(im)) for (p, _), im in zip(pairs, images[model])]
         report.results[model] = summarize(scores[model])
+        report.scores[model] = scores[model]
         size = min(100, report.items)
         report.kid[model] = kid(image_features(images[model]), ref_features, subset_size=size)
     if len(scores) == 2:
