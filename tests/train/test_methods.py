@@ -19,7 +19,6 @@ COMPARE_JOB = REPO / "jobs" / "compare-local.yaml"
 STEPS = 3
 
 
-
 def _unet(base):
     from diffusers import UNet2DConditionModel
 
@@ -67,13 +66,6 @@ def test_method_fields_are_validated():
         load_job(LOCAL_JOB, ["train.method=full", "train.precision=bf16"])
     with pytest.raises(ConfigError, match=r"train\.lora\.rank"):
         load_job(LOCAL_JOB, ["train.method=lora", "train.lora.rank=0"])
-
-
-def _image(pipe, enabled: bool):
-    pipe.masks_enabled = enabled
-    out = pipe("a red circle", num_inference_steps=2, guidance_scale=2.0, height=32, width=32, output_type="np",
-               generator=torch.Generator().manual_seed(0))
-    return out.images[0]
 
 
 def test_compare_rejects_overrides_of_the_shared_budget():
