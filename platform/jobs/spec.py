@@ -48,13 +48,14 @@ def prepare(spec_file: str, kind: Optional[str], overrides: tuple[str, ...], ext
     path = Path(spec_file)
     if not path.is_file():
         raise SubmitError(f"job spec {spec_file} does not exist")
+    spec_path = _spec_path_on_cluster(path, working_dir)
     job = load_job(path, overrides)
     kind = kind or infer_kind(job)
     if kind not in KINDS:
         raise SubmitError(f"--kind {kind!r}: one of {', '.join(KINDS)}")
     _check_kind(job, kind, extra_args)
     _check_cluster_side(job, address, environ)
-    return JobSpec(kind, job, _spec_path_on_cluster(path, working_dir), tuple(overrides), tuple(extra_args))
+    return JobSpec(kind, job, spec_path, tuple(overrides), tuple(extra_args))
 
 
 def _check_kind(job: JobConfig, kind: str, extra_args: tuple[str, ...]) -> None:
