@@ -11,6 +11,9 @@ from typing import Optional
 from maskunet_platform.config import ConfigError, JobConfig, load_job
 
 KINDS = ("train", "sweep", "eval")
+REPO = Path(__file__).resolve().parents[2]
+# Where infra/Dockerfile puts this repository in the project image.
+IMAGE_ROOT = "/app"
 # The job's driver is this CLI: `python -m` works whether the cluster image installed the
 # project (infra/Dockerfile) or the runtime env uploaded it (py_modules, see runtime_env.py).
 CLI = "python -m maskunet_platform.cli"
@@ -44,7 +47,7 @@ def infer_kind(job: JobConfig) -> str:
 def prepare(spec_file: str, kind: Optional[str], overrides: tuple[str, ...], extra_args: tuple[str, ...],
             working_dir: Optional[Path], address: Optional[str], environ) -> JobSpec:
     """Validate the spec as the cluster will read it; `working_dir` is the folder that will be
-    uploaded (None: the runtime env brings the code and the spec path is taken as is)."""
+    uploaded (None: the project image brings code and specs, at IMAGE_ROOT)."""
     path = Path(spec_file)
     if not path.is_file():
         raise SubmitError(f"job spec {spec_file} does not exist")
@@ -77,11 +80,13 @@ def _check_cluster_side(job: JobConfig, address: Optional[str], environ) -> None
 
 
 def _spec_path_on_cluster(path: Path, working_dir: Optional[Path]) -> str:
-    if working_dir is None:
-        return str(path)
+    """The spec's path for the job's driver: relative to the uploaded working dir, or inside
+    the project image (the same repository layout under IMAGE_ROOT)."""
+    root = working_dir or REPO
     try:
-        return path.resolve().relative_to(working_dir.resolve()).as_posix()
+        relative = path.resolve().relative_to(root.resolve()).as_posix()
     except ValueError:
-        raise SubmitError(f"job spec {path}: outside {working_dir}, the folder uploaded as the job's working "
-                          "dir; put it there (e.g. jobs/) or submit with --runtime-env naming an image that "
-                          "has it") from None
+        where = f"{root}, the folder uploaded as the job's working dir" if working_dir else \
+            f"this repository, which the project image holds at {IMAGE_ROOT}"
+        raise SubmitError(f"job spec {path}: outside {where}; put it there (e.g. jobs/)") from None
+    return relative if working_dir else f"{IMAGE_ROOT}/{relative}"
