@@ -22,6 +22,8 @@ def main(settings: dict) -> dict:
     from maskunet_platform.train.launcher import train_job
     from maskunet_platform.train.runs import plan_run
 
+    # Cluster records its address under $RAY_TMPDIR/ray, which must exist.
+    Path(settings["temp_dir"], "ray").mkdir(parents=True, exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": settings["temp_dir"],
                                                             "include_dashboard": False})
     try:
@@ -35,7 +37,7 @@ def main(settings: dict) -> dict:
                                    args=(cluster, Path(job.train.storage_path) / plan.run_name, removed))
         watcher.start()
         outcome = train_job(job, address=cluster.address, plan=plan)
-        return {"removed": removed, "metrics": outcome.metrics, "run_id": outcome.mlflow_run_id,
+        return {"removed": removed, "finished_at": time.time(), "metrics": outcome.metrics, "run_id": outcome.mlflow_run_id,
                 "checkpoint": outcome.checkpoint_path, "run_name": plan.run_name}
     finally:
         ray.shutdown()
@@ -43,17 +45,28 @@ def main(settings: dict) -> dict:
 
 
 def _remove_worker_node(cluster, run_dir: Path, removed: dict) -> None:
-    """Once the first checkpoint is complete, remove the node the training worker runs on."""
+    """Once Ray Train has registered a checkpoint, remove the node the training worker runs on.
+    (A checkpoint folder on disk is not enough: until the controller has recorded the report,
+    a restart would rightly begin from scratch.)"""
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and not list(run_dir.glob("checkpoint_step*/generator")):
+    while time.monotonic() < deadline and not _registered_checkpoints(run_dir):
         time.sleep(0.2)
     node_id = _training_worker_node()
     for node in list(cluster.worker_nodes):
-        if node.unique_id == node_id:
-            removed.update(node_id=node_id, after=sorted(p.name for p in run_dir.glob("checkpoint_step*")))
+        if node.node_id == node_id:
+            removed.update(node_id=node_id, after=_registered_checkpoints(run_dir))
             cluster.remove_node(node, allow_graceful=False)
+            removed["at"] = time.time()
             return
     removed["error"] = f"no worker node hosts the training worker (node {node_id})"
+
+
+def _registered_checkpoints(run_dir: Path) -> list[str]:
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    return [c["checkpoint_dir_name"] for c in snapshot.get("checkpoint_results", [])]
 
 
 def _training_worker_node() -> str:

@@ -8,7 +8,7 @@ import urllib.request
 import psutil
 import pytest
 
-from tests.fixtures.cli import assert_plain_console, maskunet_env, run_maskunet
+from tests.fixtures.cli import assert_plain_console, maskunet_env, run_maskunet, summary_value
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_local_stack_up_status_down(tmp_path):
             assert response.status == 200
         status = run_maskunet(["infra", "status"], env, timeout=120)
         assert status.returncode == 0 and status.stdout.startswith("maskunet infra: running"), status.stdout
-        assert f"tracking URI: {state['tracking_uri']}" in status.stdout
+        assert summary_value(status.stdout, "tracking URI") == state["tracking_uri"]
         assert_plain_console(status)
         again = run_maskunet(["infra", "up", "--mode", "local", "--port", "0", "--json"], env, timeout=120)
         assert json.loads(again.stdout)["pid"] == state["pid"]  # reported, not started twice

@@ -15,7 +15,7 @@ from tests.clusters.references import REPO
 from tests.fixtures.cli import maskunet_env
 
 pytestmark = pytest.mark.slow
-STEPS, EVERY = 12, 3
+STEPS, EVERY = 16, 2
 
 
 def test_run_survives_losing_the_workers_node(tiny_base, sample_data, mlflow_server, tmp_path):
@@ -31,7 +31,7 @@ def test_run_survives_losing_the_workers_node(tiny_base, sample_data, mlflow_ser
                  "tracking.register_model=false", "tracking.log_samples=false", "tracking.log_heatmap=false"]
     settings = {"temp_dir": temp_dir, "overrides": overrides}
     proc = subprocess.Popen([sys.executable, "-m", "tests.clusters.node_loss_scenario", json.dumps(settings)],
-                            cwd=REPO, env=maskunet_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=REPO, env=maskunet_env(RAY_TMPDIR=temp_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=600)
@@ -42,8 +42,8 @@ def test_run_survives_losing_the_workers_node(tiny_base, sample_data, mlflow_ser
     assert proc.returncode == 0 and lines, output[-5000:]
     result = json.loads(lines[-1][len("RESULT "):])
     removed, metrics = result["removed"], result["metrics"]
-    assert "error" not in removed and removed.get("node_id"), removed
-    assert metrics["step"] == STEPS
+    assert "error" not in removed and removed.get("node_id"), result
+    assert metrics["step"] == STEPS, result
     # Restarted from a checkpoint taken before the loss, not from scratch.
     resumed = int(metrics["resumed_from_step"])
     assert resumed > 0 and resumed % EVERY == 0 and f"checkpoint_step{resumed:08d}" in removed["after"], result
