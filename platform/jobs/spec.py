@@ -57,7 +57,8 @@ def prepare(spec_file: str, kind: Optional[str], overrides: tuple[str, ...], ext
     if kind not in KINDS:
         raise SubmitError(f"--kind {kind!r}: one of {', '.join(KINDS)}")
     _check_kind(job, kind, extra_args)
-    _check_cluster_side(job, address, environ)
+    if working_dir is not None:  # an image's nodes may set MLFLOW_TRACKING_URI themselves (clusters/)
+        _check_cluster_side(job, address, environ)
     return JobSpec(kind, job, spec_path, tuple(overrides), tuple(extra_args))
 
 

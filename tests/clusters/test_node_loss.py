@@ -4,6 +4,7 @@ starts a new worker on the other node from that checkpoint and the run finishes 
 continuous step count in MLflow."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +39,7 @@ def test_run_survives_losing_the_workers_node(tiny_base, sample_data, mlflow_ser
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
     lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, output[-5000:]
     result = json.loads(lines[-1][len("RESULT "):])
