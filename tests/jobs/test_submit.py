@@ -163,3 +163,17 @@ def _job_info(env, job_id) -> dict:
     client = JobSubmissionClient(env["RAY_JOB_ADDRESS"], headers={"Authorization": f"Bearer {env['RAY_AUTH_TOKEN']}"})
     info = client.get_job_info(job_id)
     return info.dict() if hasattr(info, "dict") else asdict(info)
+
+
+def test_auth_header_comes_from_the_environment_only(tmp_path):
+    from maskunet_platform.jobs.client import AddressError, auth_headers, job_server_address
+
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    assert auth_headers({"RAY_AUTH_TOKEN": "abc"}) == {"Authorization": "Bearer abc"}
+    assert auth_headers({"RAY_AUTH_TOKEN_PATH": str(token_file)}) == {"Authorization": "Bearer from-file"}
+    assert auth_headers({"RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": "abc"}) == {}  # a cluster without auth
+    assert auth_headers({}) == {}  # Ray's SDK then applies its own rules (~/.ray/auth_token in token mode)
+    with pytest.raises(AddressError, match="RAY_AUTH_TOKEN_PATH"):
+        auth_headers({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "missing")})
+    assert job_server_address("head:8265") == "http://head:8265"
