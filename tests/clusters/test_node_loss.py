@@ -16,7 +16,7 @@ from tests.clusters.references import REPO
 from tests.fixtures.cli import maskunet_env
 
 pytestmark = pytest.mark.slow
-STEPS, EVERY = 10, 2
+STEPS, EVERY = 12, 2
 
 
 def test_run_survives_losing_the_workers_node(tiny_base, sample_data, mlflow_server, tmp_path):
