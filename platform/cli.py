@@ -7,6 +7,8 @@ import click
 from maskunet_platform.commands.bench import bench
 from maskunet_platform.commands.compare import compare
 from maskunet_platform.commands.data import data
+from maskunet_platform.commands.infra import infra
+from maskunet_platform.commands.jobs import jobs, submit
 from maskunet_platform.commands.model import generate, init_base
 from maskunet_platform.commands.pretrain import pretrain_base
 from maskunet_platform.commands.registry import promote, registry
@@ -38,6 +40,9 @@ main.add_command(promote)
 main.add_command(sweep)
 main.add_command(serve_command)
 main.add_command(compare)
+main.add_command(submit)
+main.add_command(jobs)
+main.add_command(infra)
 
 if __name__ == "__main__":
     main()
