@@ -19,7 +19,7 @@ run: install
 	@$(VENV)/bin/maskunet train
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 bench: install
 	$(PY) scripts/bench_unet.py
