@@ -39,9 +39,17 @@ class DropCounter:
 _HANDLES: dict[str, object] = {}
 
 
+def on_this_node() -> dict:
+    """Actor options that place a driver-owned actor on the driver's node (soft: anywhere if
+    that node cannot host it), so losing a worker node does not take the actor with it."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)}
+
+
 def drop_counter(name: str = DEFAULT_COUNTER):
-    """The named counter actor, created on first use."""
-    handle = DropCounter.options(name=name, get_if_exists=True).remote()
+    """The named counter actor, created on first use, on this (the driver's) node."""
+    handle = DropCounter.options(name=name, get_if_exists=True, **on_this_node()).remote()
     _HANDLES[name] = handle
     return handle
 
@@ -56,8 +64,13 @@ def read_drop_counts(name: str = DEFAULT_COUNTER) -> dict:
 
 
 def drop_metrics(name: str = DEFAULT_COUNTER, prefix: str = "data/") -> dict[str, float]:
-    """Flat metrics for a tracker: data/rows_in, data/rows_out, data/dropped_<reason>."""
-    snap = read_drop_counts(name)
+    """Flat metrics for a tracker: data/rows_in, data/rows_out, data/dropped_<reason>; none
+    when the counter was lost (its node died): counts are bookkeeping, training goes on."""
+    try:
+        snap = read_drop_counts(name)
+    except ray.exceptions.RayActorError as e:
+        log.warning("data row counter %s is gone (%s); data/ metrics stop here", name, type(e).__name__)
+        return {}
     metrics = {f"{prefix}rows_in": snap["rows_in"], f"{prefix}rows_out": snap["rows_out"]}
     metrics.update({f"{prefix}dropped_{k}": v for k, v in snap["dropped"].items()})
     return metrics

@@ -217,8 +217,9 @@ def _fit_and_finalize(job: JobConfig, run_name: str, target, base_location: str,
                       finalize: bool, progress, live: bool) -> TrainingOutcome:
     """Fit (with `live`, rank 0's steps reach `progress` while fit() blocks), export, finalize."""
     from maskunet_platform.console.train_progress import BoardWatcher, ProgressBoard
+    from maskunet_platform.data.stats import on_this_node
 
-    board = ProgressBoard.remote() if live else None
+    board = ProgressBoard.options(**on_this_node()).remote() if live else None
     trainer = build_trainer(job, run_name, asdict(target) if target else None, base_location, board)
     watcher = BoardWatcher(board, progress, job.train.steps).start() if board is not None else None
     started, fitted = time.perf_counter(), False
