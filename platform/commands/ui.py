@@ -1,11 +1,9 @@
 """`maskunet ui`: the MLflow UI on 127.0.0.1 over the embedded store (or MLFLOW_TRACKING_URI)."""
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +12,7 @@ import click
 from maskunet_platform.config.tracking import TrackingSection
 from maskunet_platform.console.errors import InvalidInput, RunFailure
 from maskunet_platform.console.session import Session, console_command
+from maskunet_platform.infra.local_stack import PortBusy, healthy, pick_port, stop_group
 
 DEFAULT_PORT = 5000
 DEFAULT_STORE = TrackingSection().local_store
@@ -60,8 +59,10 @@ def ui(session: Session, port: int, store: Optional[str]) -> None:
     if uri.startswith(("http://", "https://")):
         session.out.write(f"MLflow is already served at {uri}\n")
         return
-    if not _port_free(port):
-        raise InvalidInput(f"--port {port}: already in use on 127.0.0.1")
+    try:
+        pick_port(port)
+    except PortBusy:
+        raise InvalidInput(f"--port {port}: already in use on 127.0.0.1") from None
     server = _start_server(uri, port, session)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -71,7 +72,7 @@ def ui(session: Session, port: int, store: Optional[str]) -> None:
         session.out.flush()
         _wait(server, session)
     finally:
-        _stop_group(server)
+        stop_group(server.pid)
 
 
 def _start_server(uri: str, port: int, session: Session) -> subprocess.Popen:
@@ -91,11 +92,9 @@ def _wait_until_up(server: subprocess.Popen, url: str, session: Session, timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RunFailure(f"the MLflow UI exited with code {server.returncode} (see {session.log.path})")
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1).close()
+        if healthy(url, timeout=1):
             return
-        except OSError:
-            time.sleep(0.3)
+        time.sleep(0.3)
     raise RunFailure(f"the MLflow UI did not answer at {url} within {timeout:.0f}s (see {session.log.path})")
 
 
@@ -112,24 +111,3 @@ def _wait(server: subprocess.Popen, session: Session) -> None:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-def _stop_group(server: subprocess.Popen) -> None:
-    """SIGTERM the server's whole process group, SIGKILL what lingers."""
-    try:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(10)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False

@@ -97,8 +97,12 @@ def _wait_healthy(state: dict, proc: subprocess.Popen, log: Path, timeout_s: flo
 
 
 def stop(state: dict, grace_s: float = 10) -> bool:
-    """SIGTERM the recorded process group, SIGKILL what lingers; False if it was already gone."""
-    pgid = int(state["pgid"])
+    """Stop the recorded process group; False if it was already gone."""
+    return stop_group(int(state["pgid"]), grace_s)
+
+
+def stop_group(pgid: int, grace_s: float = 10) -> bool:
+    """SIGTERM a process group, SIGKILL what lingers; False if it was already gone."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except ProcessLookupError:
