@@ -34,7 +34,7 @@ def mask_scores(
     """z = (L + eps) / tau in fp32 (eps = 0 when deterministic); the mask is z > logit(delta)."""
     logits = logits.float()
     if not stochastic:
-        return logits / tau
+        return logits if tau == 1.0 else logits / tau
     noise = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=torch.float32)
     noise.logit_(eps=1e-6)  # logistic(0, 1), in place: one temporary for the noise
     return torch.add(logits, noise).div_(tau)

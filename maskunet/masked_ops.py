@@ -32,7 +32,7 @@ class LayerMask:
     tau: float = 1.0
     z_min: float = 0.0  # keep iff z = (L + eps) / tau > z_min = logit(threshold)
     stochastic: bool = False
-    on_scores: Callable[[torch.Tensor, torch.Tensor], None] | None = None  # (logits, z): statistics
+    on_scores: Callable[[torch.Tensor, torch.Tensor], None] | None = None  # (logits, bool mask): statistics
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -43,8 +43,9 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
 
 
 def autocast_off(device_type: str):
-    """A context that disables autocast on this device type (nothing to disable where unavailable)."""
-    if torch.amp.is_autocast_available(device_type):
+    """A context that disables autocast on this device type (a no-op context where it is off:
+    entering a real one costs host time in every masked layer)."""
+    if autocast_dtype(device_type) is not None:
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -80,9 +81,10 @@ class _LinearOp:
             return F.linear(x, weights[0], bias)
         batch = weights.shape[0]
         flat = x.reshape(batch, -1, x.shape[-1])
-        out = torch.bmm(flat, weights.transpose(1, 2))
-        if bias is not None:
-            out = out + bias
+        if bias is None:
+            out = torch.bmm(flat, weights.transpose(1, 2))
+        else:
+            out = torch.baddbmm(bias, flat, weights.transpose(1, 2))
         return out.reshape(*x.shape[:-1], weights.shape[1])
 
     @staticmethod
@@ -137,11 +139,10 @@ class MaskedForward(torch.autograd.Function):
     and the scores (straight-through: sigmoid'(z))."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, scores, hard, z_min, layer, op):
+    def forward(ctx, x, weight, bias, scores, hard, layer, op):
         dtype = _compute_dtype(x, weight)
         saved = hard
         if scores is not None:
-            hard = scores > z_min
             derivative = sigmoid_derivative(scores)
             saved = torch.where(hard, derivative, -derivative).to(torch.bfloat16)
             del derivative
@@ -175,20 +176,28 @@ class MaskedForward(torch.autograd.Function):
             if need_b and ctx.has_bias:
                 channel = grad_out.dim() - 1 if ctx.op is _LinearOp else 1
                 grad_b = grad_out.sum([d for d in range(grad_out.dim()) if d != channel])
-        return (None if grad_x is None else grad_x.to(x.dtype)), grad_w, grad_b, grad_scores, None, None, None, None
+        return (None if grad_x is None else grad_x.to(x.dtype)), grad_w, grad_b, grad_scores, None, None, None
 
 
 def masked_forward(layer, x: torch.Tensor, mask: LayerMask) -> torch.Tensor:
     """Run `layer` with the mask `mask` describes: logits -> scores -> masked op, all here."""
-    with autocast_off(x.device.type):  # the mask path stays fp32 (see gumbel.py)
+    device = x.device.type
+    with autocast_off(device):  # the mask path stays fp32 (see gumbel.py)
         logits = mask.logits()
         scores = mask_scores(logits, mask.tau, mask.stochastic)
+    hard = scores > mask.z_min
     if mask.on_scores is not None:
-        mask.on_scores(logits, scores)
+        mask.on_scores(logits, hard)
     del logits
     op = _ConvOp if layer.weight.dim() == 4 else _LinearOp
     if scores.requires_grad:
-        return MaskedForward.apply(x, layer.weight, layer.bias, scores, None, mask.z_min, layer, op)
-    hard = scores > mask.z_min
+        return MaskedForward.apply(x, layer.weight, layer.bias, scores, hard, layer, op)
     del scores
-    return MaskedForward.apply(x, layer.weight, layer.bias, None, hard, mask.z_min, layer, op)
+    bias_grad = layer.bias is not None and layer.bias.requires_grad
+    if not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad or bias_grad)):
+        # Nothing to differentiate (sampling, serving): the op directly, no autograd node.
+        dtype = _compute_dtype(x, layer.weight)
+        bias = None if layer.bias is None else layer.bias.to(dtype)
+        with autocast_off(device):
+            return op.forward(x.to(dtype), _masked_weight(layer.weight, hard, dtype), bias, layer)
+    return MaskedForward.apply(x, layer.weight, layer.bias, None, hard, layer, op)

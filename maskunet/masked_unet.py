@@ -109,12 +109,11 @@ class MaskedUNet(nn.Module):
         z_min = keep_threshold(1.0, cfg.threshold)  # scores are already divided by tau
         for name, module in layers:  # each layer computes its logits when it runs
             logits = partial(self.generator.layer_logits, name, code, compute_dtype)
-            module.mask = LayerMask(logits, cfg.tau, z_min, stochastic, partial(self._record, name, z_min))
+            module.mask = LayerMask(logits, cfg.tau, z_min, stochastic, partial(self._record, name))
 
-    def _record(self, name: str, z_min: float, logits: torch.Tensor, scores: torch.Tensor) -> None:
+    def _record(self, name: str, logits: torch.Tensor, hard: torch.Tensor) -> None:
         """Per-layer statistics of this call: small tensors only, no host sync."""
         with torch.no_grad():
-            hard = scores > z_min
             stats = {"kept": hard.flatten(1).sum(1), "numel": hard[0].numel()}
             if self.keep_last_masks:
                 stats["mask"] = hard

@@ -33,7 +33,8 @@ def vae_round_trip(vae, images: list[np.ndarray]) -> list[np.ndarray]:
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
     out = []
     for chunk in x.split(32):
-        recon = vae.decode(vae.encode(chunk).latent_dist.mean).sample
+        chunk = chunk.to(vae.device)
+        recon = vae.decode(vae.encode(chunk).latent_dist.mean).sample.cpu()
         out.extend(((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
     return out
 
@@ -58,6 +59,8 @@ def main() -> None:
         print(line(f"   {resolution} px", summarize([score(p, detect(im)) for p, im in zip(prompts, images)])))
     pipe = MaskUNetPipeline.from_base(args.base, masks=args.masks)
     pipe.set_progress_bar_config(disable=True)
+    if torch.cuda.is_available():
+        pipe.to("cuda")
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     real = real_images(prompts, resolution)
     latent = pipe.unet.config.sample_size

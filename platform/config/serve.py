@@ -1,6 +1,6 @@
 """`serve` section: the HTTP service (`maskunet serve`): limits, batching, replicas, auth, reload."""
 import re
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
@@ -83,6 +83,8 @@ class ServeSection(Section):
     cpus_per_replica: float = Field(1.0, ge=0)
     gpus_per_replica: float = Field(0.0, ge=0)
     torch_threads: Optional[int] = Field(None, ge=1, description="None: the replica's CPUs")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto", description="the base's dtype in the replica; auto: fp16 on a GPU, fp32 on CPU (mask path stays fp32)")
     # Back-pressure: a replica holds one running batch plus the next one filling (and a few
     # slots for /healthz and /v1/model); beyond that at most max_queued_requests wait, the
     # rest get 503 + Retry-After at the proxy instead of growing memory.

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import ray
-
 
 @dataclass(frozen=True)
 class PretrainSettings:
@@ -25,6 +23,7 @@ class PretrainSettings:
     vae_lr: float = 2e-4  # 1e-3 learns ~3x slower (measured)
     unet_lr: float = 3e-4
     seed: int = 0
+    data_workers: Optional[int] = None  # processes drawing rows; None: 0 on CPU, up to 12 beside a GPU
 
     def stage(self, name: str):
         from maskunet_platform.pretrain.stages import StageSettings
@@ -33,47 +32,64 @@ class PretrainSettings:
                             else (self.unet_steps, self.unet_batch_size, self.unet_lr))
         # Distinct data streams per stage, none of them the sample dataset's (seed 0 rows).
         return StageSettings(steps=steps, batch_size=batch, lr=lr, seed=1000 * (self.seed + 1) + len(name),
-                             resolution=self.resolution)
+                             resolution=self.resolution, data_workers=self._data_workers())
+
+    def _data_workers(self) -> int:
+        import os
+
+        import torch
+
+        if self.data_workers is not None:
+            return self.data_workers
+        # On CPU the cores are the training's; a GPU steps faster than one core makes rows.
+        return min(12, max(1, (os.cpu_count() or 2) - 2)) if torch.cuda.is_available() else 0
 
 
 def pretrain_files(settings: PretrainSettings, target: Optional[dict], board,
                    vae_files: Optional[dict[str, bytes]] = None) -> dict[str, bytes]:
     """Train the VAE (or take the trained one in `vae_files`), then the U-Net and text
     encoder; the pipeline folder as {path: bytes}."""
+    from maskunet_platform.console.train_progress import BoardClient
+    from maskunet_platform.train.tracking import WorkerTracker
+
+    tracker = WorkerTracker(target, enabled=target is not None)
+    client = BoardClient(board, enabled=board is not None)
+    started = time.monotonic()
+
+    def log(stage: str, metrics: dict, step: int) -> None:
+        offset = 0 if stage == "vae" else settings.vae_steps  # one x-axis for both curves
+        tracker.log_metrics({**metrics, "elapsed_s": time.monotonic() - started}, offset + step)
+        client.stage_step(step, loss=metrics[f"{stage}/loss"])
+
+    try:
+        return train_base(settings, log, client.stage, vae_files)
+    finally:
+        tracker.close()
+
+
+def train_base(settings: PretrainSettings, log, begin_stage=lambda name, steps: None,
+               vae_files: Optional[dict[str, bytes]] = None) -> dict[str, bytes]:
+    """Both stages on this process's best device, no Ray or MLflow: `log(stage, metrics, step)`."""
     import torch
 
     from maskunet.tiny import build_tiny_pipeline
-    from maskunet_platform.console.train_progress import BoardClient
     from maskunet_platform.pretrain.stages import train_unet, train_vae
-    from maskunet_platform.train.tracking import WorkerTracker
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    tracker = WorkerTracker(target, enabled=target is not None)
-    client = BoardClient(board, enabled=board is not None)
     work = Path(tempfile.mkdtemp(prefix="maskunet-pretrain-"))
-    pipe = build_tiny_pipeline(work, seed=settings.seed, shapes=True, resolution=settings.resolution)
-    started = time.monotonic()
-
-    def logger(stage: str):
-        def log_step(metrics: dict, step: int) -> None:
-            offset = 0 if stage == "vae" else settings.vae_steps  # one x-axis for both curves
-            tracker.log_metrics({**metrics, "elapsed_s": time.monotonic() - started}, offset + step)
-            client.stage_step(step, loss=metrics[f"{stage}/loss"])
-        return log_step
-
     try:
+        pipe = build_tiny_pipeline(work, seed=settings.seed, shapes=True, resolution=settings.resolution)
         if vae_files:
             pipe.vae = _load_vae(vae_files, work / "given-vae")
         else:
-            client.stage("pretrain VAE", settings.vae_steps)
-            train_vae(pipe.vae, settings.stage("vae"), device, logger("vae"))
-        client.stage("pretrain U-Net", settings.unet_steps)
-        train_unet(pipe, settings.stage("unet"), device, logger("unet"))
+            begin_stage("pretrain VAE", settings.vae_steps)
+            train_vae(pipe.vae, settings.stage("vae"), device, lambda m, step: log("vae", m, step))
+        begin_stage("pretrain U-Net", settings.unet_steps)
+        train_unet(pipe, settings.stage("unet"), device, lambda m, step: log("unet", m, step))
         out = work / "pipeline"
         pipe.to("cpu").save_pretrained(out, safe_serialization=True)
         return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     finally:
-        tracker.close()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -97,6 +113,8 @@ def vae_folder_files(base: Path) -> dict[str, bytes]:
 
 def task_options() -> dict:
     """One GPU when the cluster has one, else the CPUs of its largest node."""
+    import ray
+
     if ray.cluster_resources().get("GPU", 0) >= 1:
         return {"num_gpus": 1, "num_cpus": 4}
     largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
@@ -106,6 +124,8 @@ def task_options() -> dict:
 def pretrain_base(settings: PretrainSettings, out_dir: Path, tracking, progress,
                   vae_files: Optional[dict[str, bytes]] = None) -> dict:
     """Run the pretraining task, write `out_dir`, log the run; returns a summary dict."""
+    import ray
+
     from maskunet_platform.console.train_progress import ProgressBoard, StageBoardWatcher
 
     run = _start_run(tracking, settings)

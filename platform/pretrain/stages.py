@@ -28,6 +28,7 @@ class StageSettings:
     resolution: int
     warmup: int = 100
     log_every: int = 25
+    data_workers: int = 0  # 0: rows are made on a thread of this process
 
 
 def cosine_lr(settings: StageSettings) -> Callable[[int], float]:
@@ -47,7 +48,7 @@ def train_vae(vae, settings: StageSettings, device: torch.device, log: Log, kl_w
     vae.to(device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=settings.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lr(settings))
-    stream = ShapesStream(settings.seed, settings.batch_size, settings.resolution)
+    stream = ShapesStream(settings.seed, settings.batch_size, settings.resolution, workers=settings.data_workers)
     noise = torch.Generator().manual_seed(settings.seed)
     crop = settings.resolution // 2
     for step in range(settings.steps):
@@ -106,8 +107,7 @@ class EMA:
     def update(self, module: torch.nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for s, p in zip(self.shadow.parameters(), module.parameters()):
-            s.lerp_(p.detach().to(s.dtype), 1 - d)
+        torch._foreach_lerp_(list(self.shadow.parameters()), [p.detach() for p in module.parameters()], 1 - d)
 
 
 def _autocast(device: torch.device):
@@ -131,14 +131,14 @@ def train_unet(pipe, settings: StageSettings, device: torch.device, log: Log, ca
     unet.to(device).train()
     text_encoder.to(device).train()
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-2)
+    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=1e-2, fused=device.type == "cuda")
     lr = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lr(settings))
     ema_unet, ema_text = EMA(unet, ema_decay), EMA(text_encoder, ema_decay)
     alphas = sched.alphas_cumprod.to(device)
     snr = alphas / (1 - alphas)
     v_prediction = sched.config.prediction_type == "v_prediction"
     weight = torch.clamp(snr, max=min_snr_gamma) / (snr + 1 if v_prediction else snr)
-    stream = ShapesStream(settings.seed, settings.batch_size, settings.resolution)
+    stream = ShapesStream(settings.seed, settings.batch_size, settings.resolution, workers=settings.data_workers)
     noise_rng = torch.Generator(device).manual_seed(settings.seed)
     drop_rng = random.Random(settings.seed)
     for step in range(settings.steps):

@@ -53,18 +53,34 @@ class LoadedModel:
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
 
+@dataclass(frozen=True)
+class LoadOptions:
+    """How a replica loads its pipeline (from `serve.batching.batch_invariant`, `serve.precision`)."""
+    batch_invariant: bool = True
+    precision: str = "auto"  # auto (fp16 on a GPU, fp32 on CPU) | fp32 | fp16 | bf16
+
+    def dtype(self, cuda: bool):
+        import torch
+
+        name = self.precision if self.precision != "auto" else ("fp16" if cuda else "fp32")
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
 def load_pipeline(base: str, masks: Optional[str], registry: Optional[dict] = None,
-                  defaults: Optional[dict] = None, batch_invariant: bool = True) -> LoadedModel:
+                  defaults: Optional[dict] = None, options: LoadOptions = LoadOptions()) -> LoadedModel:
     import torch
 
     from maskunet import MaskUNetPipeline
     from maskunet_platform.serve.invariant import make_batch_invariant
 
-    pipe = MaskUNetPipeline.from_base(base, masks=masks, use_safetensors=True)  # never pickled weights
+    cuda = torch.cuda.is_available()
+    # Never pickled weights. The mask generator stays fp32 whatever the base's dtype (its
+    # logits and thresholds are fp32 by design, see maskunet/gumbel.py).
+    pipe = MaskUNetPipeline.from_base(base, masks=masks, use_safetensors=True, dtype=options.dtype(cuda))
     pipe.set_progress_bar_config(disable=True)
-    if torch.cuda.is_available():
+    if cuda:
         pipe.to("cuda")
-    if batch_invariant:
+    if options.batch_invariant:
         make_batch_invariant(pipe.unet, pipe.vae, pipe.text_encoder,
                              *([pipe.mask_generator] if pipe.mask_generator else []))
     return LoadedModel(pipe, base, masks, registry, defaults or {})

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from maskunet_platform.serve.engine import LoadedModel, ModelSource, load_pipeline
+from maskunet_platform.serve.engine import LoadedModel, LoadOptions, ModelSource, load_pipeline
 
 
 def current_version(source: ModelSource):
@@ -19,7 +19,7 @@ def current_version(source: ModelSource):
     return resolve(MlflowClient(source.tracking_uri), source.model_uri)
 
 
-def load_version(ref, source: ModelSource, batch_invariant: bool = True) -> LoadedModel:
+def load_version(ref, source: ModelSource, options: LoadOptions = LoadOptions()) -> LoadedModel:
     """Download one registered version into its own folder and load its pipeline."""
     from maskunet_platform.registry.files import download
 
@@ -28,7 +28,7 @@ def load_version(ref, source: ModelSource, batch_invariant: bool = True) -> Load
         files = download(ref, source.tracking_uri, dst=folder)
         model = load_pipeline(files.base, str(files.masks),
                               registry={"name": ref.name, "version": ref.version, "alias": ref.alias},
-                              defaults=files.settings.get("defaults") or {}, batch_invariant=batch_invariant)
+                              defaults=files.settings.get("defaults") or {}, options=options)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -36,18 +36,18 @@ def load_version(ref, source: ModelSource, batch_invariant: bool = True) -> Load
     return model
 
 
-def load_source(source: ModelSource, batch_invariant: bool = True) -> LoadedModel:
+def load_source(source: ModelSource, options: LoadOptions = LoadOptions()) -> LoadedModel:
     if source.model_uri:
-        return load_version(current_version(source), source, batch_invariant)
-    return load_pipeline(source.base, source.masks, batch_invariant=batch_invariant)
+        return load_version(current_version(source), source, options)
+    return load_pipeline(source.base, source.masks, options=options)
 
 
-def newer_model(source: ModelSource, loaded: LoadedModel, batch_invariant: bool = True) -> Optional[LoadedModel]:
+def newer_model(source: ModelSource, loaded: LoadedModel, options: LoadOptions = LoadOptions()) -> Optional[LoadedModel]:
     """The newly loaded model when the alias names another version than `loaded`, else None."""
     ref = current_version(source)
     if loaded.registry and ref.version == loaded.registry["version"]:
         return None
-    return load_version(ref, source, batch_invariant)
+    return load_version(ref, source, options)
 
 
 def release(model: LoadedModel) -> None:

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maskunet_platform.config.serve import ServeSection
 from maskunet_platform.serve import registry_follow
-from maskunet_platform.serve.engine import ModelSource, run_batch
+from maskunet_platform.serve.engine import LoadOptions, ModelSource, run_batch
 from maskunet_platform.serve.playground import PLAYGROUND_HTML
 from maskunet_platform.serve.requests import GenerateRequest, RequestError, parse_body, validate, wants_png
 
@@ -42,6 +42,7 @@ def error_response(error: RequestError, headers: Optional[dict] = None) -> JSONR
 class MaskUNetService:
     def __init__(self, source: ModelSource, settings: dict):
         self.source, self.settings = source, ServeSection.model_validate(settings)
+        self._load_options = LoadOptions(self.settings.batching.batch_invariant, self.settings.precision)
         self.token = self._token(self.settings.auth.token_env)
         self.model, self.load_error = None, None
         self.served, self.errors = 0, 0
@@ -65,7 +66,7 @@ class MaskUNetService:
 
         torch.set_num_threads(self.settings.torch_threads or max(1, int(self.settings.cpus_per_replica)))
         try:
-            self.model = registry_follow.load_source(self.source, self.settings.batching.batch_invariant)
+            self.model = registry_follow.load_source(self.source, self._load_options)
         except Exception as e:  # noqa: BLE001 - reported by /healthz and check_health
             log.exception("loading %s failed", self.source.describe())
             self.load_error = f"{type(e).__name__}: {e}"
@@ -83,7 +84,7 @@ class MaskUNetService:
     def _reload(self) -> bool:
         """Swap in the version the alias names now, if it moved; True when it did."""
         with self._reload_lock:
-            new = registry_follow.newer_model(self.source, self.model, self.settings.batching.batch_invariant)
+            new = registry_follow.newer_model(self.source, self.model, self._load_options)
             if new is None:
                 return False
             old, self.model = self.model, new  # one reference: running batches keep theirs

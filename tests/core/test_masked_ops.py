@@ -100,13 +100,13 @@ def test_fp32_mask_path_under_a_bf16_unet_at_the_sd15_logit_scale(ddpm):
         first = masked.masked_layers()[0][0]
         record = masked._record
 
-        def keep_scores(name, z_min, logits, scores):  # instrument: keep the first layer's scores
-            if name == first:
-                scores.retain_grad()
-                captured.append(scores)
-            record(name, z_min, logits, scores)
+        def keep_logits(name, logits, hard):  # instrument: keep the first layer's logits
+            if name == first:  # (tau = 1: d loss / d logits = d loss / d scores)
+                logits.retain_grad()
+                captured.append(logits)
+            record(name, logits, hard)
 
-        masked._record = keep_scores
+        masked._record = keep_logits
         x, t, c = (v.to(dtype) if v.is_floating_point() else v for v in random_inputs())
         diffusion_loss(masked, ddpm, x, c, torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(dtype),
                        t).mean().backward()

@@ -50,3 +50,21 @@ def test_app_builder_builds_the_configured_deployment(shapes_base):
 def test_bad_serve_fields_are_named(override, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         load_job(None, [override])
+
+
+def test_precision_loads_the_base_in_that_dtype_and_keeps_the_mask_path_fp32(shapes_base, mask_dirs):
+    import torch
+
+    from maskunet_platform.serve.engine import LoadOptions, load_pipeline, run_group
+    from maskunet_platform.serve.requests import GenerateRequest
+
+    assert LoadOptions().dtype(cuda=True) == torch.float16 and LoadOptions().dtype(cuda=False) == torch.float32
+    model = load_pipeline(shapes_base, mask_dirs["a"], options=LoadOptions(batch_invariant=False, precision="bf16"))
+    assert model.pipe.unet.dtype == torch.bfloat16 and model.pipe.vae.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.pipe.mask_generator.parameters())
+    request = GenerateRequest(prompt="a red circle in the center", negative_prompt="", num_inference_steps=3,
+                              guidance_scale=7.5, seed=0, width=64, height=64, num_images=1, masks=True)
+    (pngs,) = run_group(model, [request])
+    assert pngs[0].startswith(b"\x89PNG") and model.pipe.masked_unet.mask_stats()["layers"]
+    with pytest.raises(Exception, match="precision"):
+        load_job(None, ["serve.precision=fp8"])
