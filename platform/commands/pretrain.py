@@ -13,6 +13,9 @@ from maskunet_platform.console.summary import Summary
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder to write")
 @click.option("--steps", default=None, type=click.IntRange(min=1), help="U-Net steps (default 2000)")
 @click.option("--vae-steps", default=None, type=click.IntRange(min=1), help="VAE steps (default 2000)")
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="U-Net images per step (default 32)")
+@click.option("--vae-batch-size", default=None, type=click.IntRange(min=1), help="VAE crops per step (default 16)")
+@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True), help="U-Net peak learning rate (default 3e-4)")
 @click.option("--resolution", default=64, show_default=True, type=int, help="image side in px (multiple of 8)")
 @click.option("--seed", default=0, show_default=True, help="seed of weights, data and noise")
 @click.option("--vae", "vae_from", default=None, type=click.Path(exists=True, file_okay=False),
@@ -21,8 +24,8 @@ from maskunet_platform.console.summary import Summary
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else local)")
 @click.option("--no-tracking", is_flag=True, help="do not log to MLflow")
 @console_command("pretrain-base")
-def pretrain_base(session: Session, out_dir, steps, vae_steps, resolution, seed, vae_from, address, tracking_uri,
-                  no_tracking) -> None:
+def pretrain_base(session: Session, out_dir, steps, vae_steps, batch_size, vae_batch_size, lr, resolution, seed,
+                  vae_from, address, tracking_uri, no_tracking) -> None:
     """Pretrain the tiny shapes base (what `init-base --pretrained` installs), seeded, on Ray."""
     from maskunet_platform.pretrain.runner import PretrainSettings
 
@@ -31,15 +34,16 @@ def pretrain_base(session: Session, out_dir, steps, vae_steps, resolution, seed,
         raise InvalidInput(f"--out {out_dir}: the folder is not empty; choose a new one")
     if resolution % 8 or not 32 <= resolution <= 256:
         raise InvalidInput(f"--resolution {resolution}: must be a multiple of 8 between 32 and 256")
-    defaults = PretrainSettings()
-    settings = PretrainSettings(resolution=resolution, seed=seed, unet_steps=steps or defaults.unet_steps,
-                                vae_steps=vae_steps or defaults.vae_steps)
+    given = {"unet_steps": steps, "vae_steps": vae_steps, "unet_batch_size": batch_size,
+             "vae_batch_size": vae_batch_size, "unet_lr": lr}
+    settings = PretrainSettings(resolution=resolution, seed=seed, **{k: v for k, v in given.items() if v is not None})
     job = _tracking_job(tracking_uri, not no_tracking)
     vae_files = _vae_files(vae_from) if vae_from else None
     result = _run(session, settings, out, job, address, vae_files)
     summary = Summary(f"maskunet pretrain-base: shapes base written to {out}", data=result)
     vae = f"VAE from {vae_from}" if vae_from else f"VAE {settings.vae_steps}"
-    summary.add("steps:", f"{vae}, U-Net {settings.unet_steps} at {resolution} px, seed {seed}")
+    summary.add("steps:", f"{vae}, U-Net {settings.unet_steps} x {settings.unet_batch_size} images at {resolution} px "
+                          f"(lr {settings.unet_lr:g}), seed {seed}")
     summary.add("size:", f"{result['bytes'] / 2**20:.1f} MiB")
     if result["mlflow_run_id"]:
         summary.add("mlflow run:", f"{result['mlflow_run_id']} ({result['tracking_uri']})")

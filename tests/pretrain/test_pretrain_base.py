@@ -17,7 +17,7 @@ def test_pretrain_base_writes_a_loadable_seeded_base_and_tracks_the_run(ray_loca
 
     out = tmp_path / "base"
     args = ["pretrain-base", "--out", str(out), "--steps", "6", "--vae-steps", "4", "--resolution", "32",
-            "--tracking-uri", mlflow_server.tracking_uri, "--json"]
+            "--batch-size", "8", "--vae-batch-size", "4", "--lr", "1e-3", "--tracking-uri", mlflow_server.tracking_uri, "--json"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -32,6 +32,7 @@ def test_pretrain_base_writes_a_loadable_seeded_base_and_tracks_the_run(ray_loca
     client = MlflowClient(mlflow_server.tracking_uri)
     run = client.get_run(report["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["unet_steps"] == "6"
+    assert run.data.params["unet_batch_size"] == "8" and float(run.data.params["unet_lr"]) == 1e-3
     vae_curve = client.get_metric_history(run.info.run_id, "vae/loss")
     unet_curve = client.get_metric_history(run.info.run_id, "unet/loss")
     assert [m.step for m in vae_curve] == [4] and [m.step for m in unet_curve] == [4 + 6]  # one x-axis
@@ -50,9 +51,27 @@ def test_pretraining_is_seeded():
     assert first[unet] != other[unet]
 
 
+def test_worker_processes_draw_the_same_stream_as_the_thread():
+    """The GPU path makes rows in worker processes: the batches must not depend on it."""
+    import torch
+
+    from maskunet_platform.pretrain.world import ShapesStream
+
+    streams = [ShapesStream(7, 6, 32, workers=workers) for workers in (0, 2)]
+    try:
+        for _ in range(4):
+            (pixels, captions), (again, captions_again) = (next(s) for s in streams)
+            assert torch.equal(pixels, again) and captions == captions_again
+    finally:
+        for stream in streams:
+            stream.close()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--resolution", "36"], "--resolution 36: must be a multiple of 8"),
     (["--steps", "0"], "--steps"),
+    (["--lr", "0"], "--lr"),
+    (["--batch-size", "-2"], "--batch-size"),
 ])
 def test_pretrain_base_rejects_bad_input_in_one_line(tmp_path, extra, message):
     result = CliRunner().invoke(main, ["pretrain-base", "--out", str(tmp_path / "o"), "--no-tracking", *extra])
