@@ -4,6 +4,7 @@ It stands in for SD1.5 in tests and the embedded default job: same classes, same
 `save_pretrained`/`from_pretrained` folder layout, random seeded weights, and a CLIP
 tokenizer generated locally (no download).
 """
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -207,10 +208,34 @@ def install_shapes_base(out_dir: str | Path) -> Path:
     return out_dir
 
 
+# sha256 (first 16 hex digits) of the U-Net weights of earlier shipped shapes bases: a folder
+# holding one of these was installed by an earlier version and is replaced by the current one.
+_EARLIER_SHAPES_BASES = {"555dcea34f5fa997"}
+_UNET_WEIGHTS = Path("unet") / "diffusion_pytorch_model.safetensors"
+
+
+def _unet_digest(folder: Path) -> str | None:
+    path = folder / _UNET_WEIGHTS
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else None
+
+
+def _stale_shapes_base(folder: Path) -> bool:
+    """True when `folder` holds an earlier shipped shapes base (never a user's own weights)."""
+    digest = _unet_digest(folder)
+    return digest in _EARLIER_SHAPES_BASES and digest != _unet_digest(SHAPES_BASE_ASSET)
+
+
 def ensure_tiny_base(out_dir: str | Path, seed: int = 0, pretrained: bool = False) -> Path:
     """Create the tiny base at `out_dir` unless a pipeline is already there: the shipped
-    pretrained shapes base, or random weights of the small architecture."""
+    pretrained shapes base, or random weights of the small architecture. An earlier shipped
+    shapes base found there is upgraded to the current one."""
     out_dir = Path(out_dir).expanduser()
+    if pretrained and (out_dir / "model_index.json").exists() and _stale_shapes_base(out_dir):
+        old = out_dir.with_name(out_dir.name + ".stale")
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.rename(old)
+        install_shapes_base(out_dir)
+        shutil.rmtree(old, ignore_errors=True)
     if not (out_dir / "model_index.json").exists():
         if pretrained:
             install_shapes_base(out_dir)

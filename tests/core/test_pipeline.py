@@ -84,3 +84,21 @@ def test_an_fp16_base_folder_loads_in_one_dtype(tmp_path, tiny_base, nontrivial_
     pipe = MaskUNetPipeline.from_base(tmp_path / "fp16", masks=nontrivial_masks)
     assert {pipe.unet.dtype, pipe.text_encoder.dtype, pipe.vae.dtype} == {torch.float32}
     assert run(pipe, "a red circle", seed=0, height=32, width=32).shape == (1, 32, 32, 3)
+
+
+def test_an_earlier_shipped_shapes_base_is_upgraded_and_a_users_folder_is_not(tmp_path, monkeypatch):
+    import shutil
+
+    from maskunet import tiny
+
+    weights = tiny._UNET_WEIGHTS
+    stale, mine = tmp_path / "stale", tmp_path / "mine"
+    for folder, content in ((stale, b"an earlier release"), (mine, b"the user's own weights")):
+        shutil.copytree(tiny.SHAPES_BASE_ASSET, folder)
+        (folder / weights).write_bytes(content)
+    monkeypatch.setattr(tiny, "_EARLIER_SHAPES_BASES", {tiny._unet_digest(stale)})
+    tiny.ensure_tiny_base(stale, pretrained=True)
+    tiny.ensure_tiny_base(mine, pretrained=True)
+    assert tiny._unet_digest(stale) == tiny._unet_digest(tiny.SHAPES_BASE_ASSET)
+    assert (mine / weights).read_bytes() == b"the user's own weights"
+    assert not (tmp_path / "stale.stale").exists()
