@@ -81,10 +81,9 @@ class _LinearOp:
             return F.linear(x, weights[0], bias)
         batch = weights.shape[0]
         flat = x.reshape(batch, -1, x.shape[-1])
-        if bias is None:
-            out = torch.bmm(flat, weights.transpose(1, 2))
-        else:
-            out = torch.baddbmm(bias, flat, weights.transpose(1, 2))
+        out = torch.bmm(flat, weights.transpose(1, 2))
+        if bias is not None:  # not baddbmm: on CPU its result depends on the batch size (serving is batch-invariant)
+            out = out + bias
         return out.reshape(*x.shape[:-1], weights.shape[1])
 
     @staticmethod
