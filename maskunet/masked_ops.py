@@ -82,7 +82,7 @@ class _LinearOp:
         batch = weights.shape[0]
         flat = x.reshape(batch, -1, x.shape[-1])
         out = torch.bmm(flat, weights.transpose(1, 2))
-        if bias is not None:  # not baddbmm: on CPU its result depends on the batch size (serving is batch-invariant)
+        if bias is not None:
             out = out + bias
         return out.reshape(*x.shape[:-1], weights.shape[1])
 
