@@ -1,10 +1,12 @@
 """clusters/ and infra/ are valid for the real tools and reference only what exists: KubeRay
 manifests against the v1.7.0 CRD schemas made strict, the VM launcher YAML against the schema
 in the installed ray package, the serve config against Ray Serve's schema, the compose file
-against the Compose Specification schema (no Docker here), images against what infra/ builds."""
+against the Compose Specification schema and through Docker Compose itself (its `config`
+needs no daemon), images against what infra/ builds."""
 import copy
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import yaml
 
 from tests.clusters import strict_schema
 from tests.clusters.references import REPO, built_images, check_entrypoint, pod_templates
+from tests.fixtures.debian import ensure_debian_binary
 
 CLUSTERS = REPO / "clusters"
 MANIFESTS = ["raycluster.yaml", "rayjob-train-sd15.yaml", "rayjob-sweep-sd15.yaml", "rayservice.yaml"]
@@ -121,8 +124,8 @@ def compose_validator():
 
 
 def test_compose_file_is_well_formed_and_complete():
-    """`docker compose config` needs a Docker daemon and the compose plugin (absent here): the
-    Compose Specification schema instead, then what the schema cannot know."""
+    """The Compose Specification schema (with `name`, which Compose 1.29 below lacks), then what
+    neither the schema nor `config` can know."""
     compose = yaml.safe_load((REPO / "infra" / "compose.yaml").read_text())
     validator = compose_validator()
     assert [e.message for e in validator.iter_errors(compose)] == []
@@ -151,6 +154,31 @@ def test_compose_file_is_well_formed_and_complete():
     mlflow = services["mlflow"]["environment"]
     assert mlflow["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
     assert mlflow["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
+
+
+def test_docker_compose_itself_resolves_the_stack(tmp_path):
+    """Debian's Docker Compose (1.29, installed when missing) parses, validates and resolves the
+    file with the example env; only the top-level `name` (Compose v2) is left out for it."""
+    compose = ensure_debian_binary("docker-compose", "docker-compose")
+    spec = yaml.safe_load((REPO / "infra" / "compose.yaml").read_text())
+    assert spec.pop("name") == "maskunet"
+
+    def config(doc: dict) -> subprocess.CompletedProcess:
+        path = tmp_path / "compose.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return subprocess.run([compose, "-f", str(path), "--project-directory", str(REPO / "infra"),
+                               "--env-file", str(REPO / "infra" / ".env.example"), "config"],
+                              capture_output=True, text=True, timeout=120)
+
+    result = config(spec)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]  # interpolated from the example
+    build = resolved["services"]["mlflow"]["build"]
+    assert (Path(build["context"]) / build["dockerfile"]).is_file()
+    spec["services"]["minio"]["helthcheck"] = spec["services"]["minio"].pop("healthcheck")
+    broken = config(spec)
+    assert broken.returncode != 0 and "helthcheck" in broken.stderr
 
 
 def test_dockerfile_copies_what_exists_and_pins_torch():

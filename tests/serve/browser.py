@@ -1,7 +1,6 @@
 """Headless Debian Chromium driven over the Chrome DevTools protocol (websockets), for the
 playground test. Playwright's browser download needs network; the system package does not."""
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -10,25 +9,12 @@ import urllib.request
 from contextlib import contextmanager
 from itertools import count
 
+from tests.fixtures.debian import ensure_debian_binary
 from tests.fixtures.services import free_port, stop_process_group
 
 
 def ensure_chromium() -> str:
-    """The chromium binary; installs Debian's package when missing (as root, via apt-get)."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if not shutil.which("apt-get"):
-        raise RuntimeError("chromium is not installed and apt-get is not available: install Debian's "
-                           "`chromium` package to run the playground test")
-    if os.geteuid() != 0:
-        raise RuntimeError("chromium is not installed; run `apt-get install -y chromium` as root")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
-    return shutil.which("chromium") or "/usr/bin/chromium"
+    return ensure_debian_binary("chromium", "chromium")
 
 
 class Page:
