@@ -13,6 +13,21 @@ from pathlib import Path
 from typing import Optional
 
 
+# Stage sizes of the two recipes. `gpu` made the shipped base (maskunet/assets/shapes-base:
+# ~9.5 min on one H200); `cpu` fits ~50 min on 2 cores and gives a base that draws the
+# background but few shapes (README, "The shapes world").
+RECIPES = {
+    "cpu": {"vae_steps": 2000, "vae_batch_size": 16, "unet_steps": 2000, "unet_batch_size": 32, "unet_lr": 3e-4},
+    "gpu": {"vae_steps": 2500, "vae_batch_size": 64, "unet_steps": 2800, "unet_batch_size": 384, "unet_lr": 6e-4},
+}
+
+
+def cluster_has_gpu() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
 @dataclass(frozen=True)
 class PretrainSettings:
     resolution: int = 64
@@ -24,6 +39,11 @@ class PretrainSettings:
     unet_lr: float = 3e-4
     seed: int = 0
     data_workers: Optional[int] = None  # processes drawing rows; None: 0 on CPU, up to 12 beside a GPU
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **given) -> "PretrainSettings":
+        """The recipe's stage sizes; `given` (explicit flags, None = not given) wins."""
+        return cls(**{**RECIPES[recipe], **{k: v for k, v in given.items() if v is not None}})
 
     def stage(self, name: str):
         from maskunet_platform.pretrain.stages import StageSettings
@@ -115,7 +135,7 @@ def task_options() -> dict:
     """One GPU when the cluster has one, else the CPUs of its largest node."""
     import ray
 
-    if ray.cluster_resources().get("GPU", 0) >= 1:
+    if cluster_has_gpu():
         return {"num_gpus": 1, "num_cpus": 4}
     largest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
     return {"num_cpus": max(1, int(largest))}

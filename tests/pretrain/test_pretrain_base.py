@@ -16,12 +16,13 @@ def test_pretrain_base_writes_a_loadable_seeded_base_and_tracks_the_run(ray_loca
     from mlflow import MlflowClient
 
     out = tmp_path / "base"
-    args = ["pretrain-base", "--out", str(out), "--steps", "6", "--vae-steps", "4", "--resolution", "32",
-            "--batch-size", "8", "--vae-batch-size", "4", "--lr", "1e-3", "--tracking-uri", mlflow_server.tracking_uri, "--json"]
+    # The gpu recipe's sizes where no flag is given (VAE crops per step), the flags elsewhere.
+    args = ["pretrain-base", "--out", str(out), "--recipe", "gpu", "--steps", "6", "--vae-steps", "4", "--resolution", "32",
+            "--batch-size", "8", "--lr", "1e-3", "--tracking-uri", mlflow_server.tracking_uri, "--json"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["out"] == str(out) and report["bytes"] > 0
+    assert report["out"] == str(out) and report["bytes"] > 0 and report["recipe"] == "gpu"
     weights = sorted(p.name for p in out.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".pkl", ".ckpt"))
     assert weights and all(name.endswith(".safetensors") for name in weights), weights  # never pickle
     pipe = StableDiffusionPipeline.from_pretrained(out)  # the loading path of SD1.5 folders
@@ -33,6 +34,7 @@ def test_pretrain_base_writes_a_loadable_seeded_base_and_tracks_the_run(ray_loca
     run = client.get_run(report["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.params["unet_steps"] == "6"
     assert run.data.params["unet_batch_size"] == "8" and float(run.data.params["unet_lr"]) == 1e-3
+    assert run.data.params["vae_batch_size"] == "64"
     vae_curve = client.get_metric_history(run.info.run_id, "vae/loss")
     unet_curve = client.get_metric_history(run.info.run_id, "unet/loss")
     assert [m.step for m in vae_curve] == [4] and [m.step for m in unet_curve] == [4 + 6]  # one x-axis
@@ -72,6 +74,7 @@ def test_worker_processes_draw_the_same_stream_as_the_thread():
     (["--steps", "0"], "--steps"),
     (["--lr", "0"], "--lr"),
     (["--batch-size", "-2"], "--batch-size"),
+    (["--recipe", "tpu"], "--recipe"),
 ])
 def test_pretrain_base_rejects_bad_input_in_one_line(tmp_path, extra, message):
     result = CliRunner().invoke(main, ["pretrain-base", "--out", str(tmp_path / "o"), "--no-tracking", *extra])
