@@ -68,11 +68,11 @@ def write_sample_subject(folder: str) -> list[Path]:
 
 
 def is_prepared(source: str) -> bool:
+    import pyarrow.fs as pafs
+
     from maskunet_platform.data.uri import resolve_output
 
     fs, path = resolve_output(source)
-    import pyarrow.fs as pafs
-
     return fs.get_file_info(f"{path.rstrip('/')}/{MARKER}").type == pafs.FileType.File
 
 

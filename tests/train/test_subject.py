@@ -50,7 +50,7 @@ def subject_run(shapes_base, tmp_path_factory):
                  "train.cpus_per_worker=0.5", "train.steps=2", "train.log_every=1", "train.checkpoint_every=2",
                  "data.batch_size=4", "data.subject.instance_rows=16", "data.subject.num_class_images=4",
                  "data.subject.class_steps=2", f"data.subject.report.prompts={PROMPTS}", "data.subject.report.steps=2",
-                 "train.eval.rows=8", "tracking.log_samples=false"]
+                 "train.eval.rows=8", "tracking.log_samples=false", "tracking.register_model=false"]
     args = [arg for item in overrides for arg in ("--set", item)]
     result = run_maskunet(["train", "-c", str(SUBJECT_JOB), *args], maskunet_env(), timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
