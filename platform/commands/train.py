@@ -95,7 +95,9 @@ def training_summary(outcome) -> Summary:
         tail = f"   sparsity {sparsity:.1%}" if sparsity is not None else ""
         summary.add("train loss:", f"{m['train/loss']:.5f}{tail}")
     if "eval/base_loss_overall" in e:
-        summary.add("subject-data loss:" if "subject/items" in e else "held-out loss:", f"base {e['eval/base_loss_overall']:.5f} -> masked "
+        # A subject job holds nothing out: its paired loss is over the subject data.
+        label = "subject-data loss:" if "subject/items" in e else "held-out loss:"
+        summary.add(label, f"base {e['eval/base_loss_overall']:.5f} -> masked "
                     f"{e['eval/masked_loss_overall']:.5f}  ({int(e['eval/rows'])} rows, paired)")
     if "shapes/base/kid" in e:
         from maskunet_platform.bench.shapes.benchmark import format_table

@@ -72,7 +72,7 @@ def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional
     if post.subject is not None:  # beside the exported weights, tracking or not
         report_dir = Path(outcome.generator_dir).parent
         (report_dir / SUBJECT_REPORT).write_text(json.dumps(post.subject.to_json(), indent=2))
-        (report_dir / "subject_report.png").write_bytes(post.subject.grid_png)
+        (report_dir / SUBJECT_REPORT.replace(".json", ".png")).write_bytes(post.subject.grid_png)
     outcome.post_training_where = post.where
     outcome.timings.update({f"{k} ({post.device})": v for k, v in post.timings.items()})
     outcome.timings["post_training_task"] = time.perf_counter() - started

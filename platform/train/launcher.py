@@ -150,9 +150,8 @@ def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_
 
 def _train_dataset(job: JobConfig, base_location: str, run_name: str, source, storage):
     from maskunet_platform.data.pipeline import build_dataset
-    from maskunet_platform.train.recovery import rows_trained_at_newest_checkpoint
-
     from maskunet_platform.subject.data import LOSS_WEIGHT
+    from maskunet_platform.train.recovery import rows_trained_at_newest_checkpoint
 
     return build_dataset(job.data, base_location, split="train", counter_name=drop_counter_name(run_name),
                          resume_rows=rows_trained_at_newest_checkpoint(job, run_name, storage), source=source,
