@@ -28,8 +28,20 @@ def load_job_or_fail(config_path: Optional[str], overrides: tuple[str, ...]):
 
 
 def ensure_sample_data(job, session: Session) -> None:
-    """The embedded default reads local sample data; write it when the folder is missing."""
+    """The embedded default reads local sample data; write it when the folder is missing
+    (a subject job: the sample subject's images). A subject folder without images is invalid input."""
     source = job.data.source
+    if job.data.subject is not None:
+        from maskunet_platform.subject.data import SubjectDataError, instance_images, write_sample_subject
+
+        if not Path(source).expanduser().exists():
+            with session.progress.stage("sample subject images"):
+                write_sample_subject(source)
+        try:
+            instance_images(source)
+        except SubjectDataError as e:
+            raise InvalidInput(str(e)) from None
+        return
     if "://" in source or Path(source).expanduser().exists():
         return
     from maskunet_platform.data.sample import write_sample
@@ -83,13 +95,22 @@ def training_summary(outcome) -> Summary:
         tail = f"   sparsity {sparsity:.1%}" if sparsity is not None else ""
         summary.add("train loss:", f"{m['train/loss']:.5f}{tail}")
     if "eval/base_loss_overall" in e:
-        summary.add("held-out loss:", f"base {e['eval/base_loss_overall']:.5f} -> masked "
+        # A subject job holds nothing out: its paired loss is over the subject data.
+        label = "subject-data loss:" if "subject/items" in e else "held-out loss:"
+        summary.add(label, f"base {e['eval/base_loss_overall']:.5f} -> masked "
                     f"{e['eval/masked_loss_overall']:.5f}  ({int(e['eval/rows'])} rows, paired)")
     if "shapes/base/kid" in e:
         from maskunet_platform.bench.shapes.benchmark import format_table
 
         summary.add("shapes bench:", f"{int(e.get('shapes/items', 0))} held-out prompt x seed pairs, paired")
         for row in format_table(e):
+            summary.add("", row)
+    if e.get("subject/items"):
+        from maskunet_platform.subject.report import format_rows
+
+        summary.add("subject:", f"appears in {int(e['subject/items'])} new-context prompt x seed pairs, "
+                    f"base vs trained, paired ({Path(outcome.generator_dir).parent / 'subject_report.json'})")
+        for row in format_rows(e):
             summary.add("", row)
     if outcome.mlflow_run_id:
         summary.add("mlflow run:", f"{outcome.mlflow_run_id} (experiment {outcome.experiment_id}, "

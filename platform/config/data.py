@@ -1,12 +1,17 @@
 """`data` section: where training images come from and how they are preprocessed."""
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from maskunet_platform.config.base import Section
+from maskunet_platform.config.subject import SubjectSection
 
 
 class DataSection(Section):
+    # Subject-driven training (DreamBooth-style): `source` is then a local folder of images of
+    # one subject (config/subject.py); None = an ordinary dataset. First, so that the
+    # validators of the fields below can see it.
+    subject: Optional[SubjectSection] = None
     # Local file/folder/glob, s3://bucket/prefix or hf://datasets/<owner>/<name>/<path>.
     source: str = Field("~/.cache/maskunet/sample-data", description="dataset URI")
     image_column: str = "image"
@@ -53,4 +58,17 @@ class DataSection(Section):
     def _multiple_of_8(cls, v: int) -> int:
         if v % 8:
             raise ValueError(f"resolution must be a multiple of 8 (the VAE downsamples 8x), got {v}")
+        return v
+
+    @field_validator("source", "holdout_fraction", "encode")
+    @classmethod
+    def _fits_a_subject_job(cls, v, info: ValidationInfo):
+        if info.data.get("subject") is None:
+            return v
+        if info.field_name == "source" and "://" in v:
+            raise ValueError("with data.subject, source must be a local folder of images of the subject")
+        if info.field_name == "holdout_fraction" and v:
+            raise ValueError("must be 0 with data.subject (a few images, none held out)")
+        if info.field_name == "encode" and v:
+            raise ValueError("not supported with data.subject (its rows carry loss weights)")
         return v

@@ -208,7 +208,9 @@ def preprocess_batch(table: pa.Table, spec: PreprocessSpec, counter=None) -> dic
         else np.zeros((0, 77), np.int64),
     }
     for name in spec.passthrough:
-        out[name] = np.asarray(table.column(name).take(pa.array(kept_idx, pa.int64())).to_pylist(), dtype=object)
+        column = table.column(name).take(pa.array(kept_idx, pa.int64()))
+        numeric = pa.types.is_floating(column.type) or pa.types.is_integer(column.type)
+        out[name] = column.to_numpy() if numeric else np.asarray(column.to_pylist(), dtype=object)
     _report(counter, len(images), n, dropped)
     return out
 

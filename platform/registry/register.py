@@ -49,7 +49,8 @@ def version_tags(job, run_id: str, run_name: str, post) -> dict[str, str]:
               "ray_run_name": run_name, "mask_config": json.dumps(job.mask.model_dump(mode="json"), sort_keys=True),
               "method": job.train.method}
     shapes = shapes_evidence(post.shapes) if post.shapes is not None else None
-    return {**source, **evidence_tags(heldout_evidence(post.eval, job, "holdout"), shapes)}
+    split = "all" if job.data.subject is not None else "holdout"  # a subject job holds nothing out
+    return {**source, **evidence_tags(heldout_evidence(post.eval, job, split), shapes)}
 
 
 def _folder_size(path: Path) -> int:

@@ -16,6 +16,7 @@ from maskunet_platform.train.tracking import log_metrics
 log = logging.getLogger(__name__)
 # MLflow artifact folder of the trained weights per train.method.
 ARTIFACT_NAMES = {"masks": "mask_generator", "lora": "lora", "full": "unet"}
+SUBJECT_REPORT = "subject_report.json"
 
 
 def eval_batches(job: JobConfig, base_location: str, data_uri: Optional[str] = None, split: str = "holdout"):
@@ -56,12 +57,22 @@ def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional
     started = time.perf_counter()
     samples = tracking and job.tracking.log_samples
     shapes = " + shapes benchmark" if job.train.eval.shapes.prompts else ""
+    subject = job.data.subject is not None
+    shapes += " + subject report" if subject and job.data.subject.report.prompts else ""
     with progress.stage("evaluate" + (" + samples" if samples else "") + shapes):
-        post = run_post_training(job, GeneratorSource(checkpoint=checkpoint),
+        # A subject job holds nothing out: its paired eval reads the subject data itself.
+        post = run_post_training(job, GeneratorSource(checkpoint=checkpoint), split="all" if subject else "holdout",
                                  heatmap=tracking and job.tracking.log_heatmap and job.train.method == "masks", samples=samples, shapes=True)
     outcome.eval = post.eval.metrics()
-    if post.shapes is not None:
-        outcome.eval.update(post.shapes.metrics())
+    for report in (post.shapes, post.subject):
+        if report is not None:
+            outcome.eval.update(report.metrics())
+    if subject and post.subject is None:  # report off, or no shape seen in the instance images
+        outcome.eval["subject/items"] = 0.0
+    if post.subject is not None:  # beside the exported weights, tracking or not
+        report_dir = Path(outcome.generator_dir).parent
+        (report_dir / SUBJECT_REPORT).write_text(json.dumps(post.subject.to_json(), indent=2))
+        (report_dir / SUBJECT_REPORT.replace(".json", ".png")).write_bytes(post.subject.grid_png)
     outcome.post_training_where = post.where
     outcome.timings.update({f"{k} ({post.device})": v for k, v in post.timings.items()})
     outcome.timings["post_training_task"] = time.perf_counter() - started
@@ -82,7 +93,9 @@ def _log_and_register(job: JobConfig, outcome, target, post, job_yaml: Optional[
         files = {"job.yaml": job_yaml and job_yaml.encode(), "sparsity_heatmap.png": post.heatmap_png,
                  "samples_base_vs_masked.png": post.samples_png,
                  "shapes_benchmark.png": post.shapes and post.shapes.grid_png,
-                 "shapes_benchmark.json": post.shapes and json.dumps(post.shapes.to_json(), indent=2).encode()}
+                 "shapes_benchmark.json": post.shapes and json.dumps(post.shapes.to_json(), indent=2).encode(),
+                 "subject_report.png": post.subject and post.subject.grid_png,
+                 "subject_report.json": post.subject and json.dumps(post.subject.to_json(), indent=2).encode()}
         for name, data in files.items():
             if data:
                 (tmp / name).write_bytes(data)

@@ -150,10 +150,12 @@ def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_
 
 def _train_dataset(job: JobConfig, base_location: str, run_name: str, source, storage):
     from maskunet_platform.data.pipeline import build_dataset
+    from maskunet_platform.subject.data import LOSS_WEIGHT
     from maskunet_platform.train.recovery import rows_trained_at_newest_checkpoint
 
     return build_dataset(job.data, base_location, split="train", counter_name=drop_counter_name(run_name),
-                         resume_rows=rows_trained_at_newest_checkpoint(job, run_name, storage), source=source)
+                         resume_rows=rows_trained_at_newest_checkpoint(job, run_name, storage), source=source,
+                         passthrough=(LOSS_WEIGHT,) if job.data.subject else ())
 
 
 def drop_counter_name(run_name: str) -> str:
@@ -187,6 +189,10 @@ def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[
         connect_ray(address, job)
     with progress.stage("prepare base model"):
         base_location = resolve_base(job.model)
+    if job.data.subject is not None:  # a folder of subject images -> parquet the pipeline reads
+        from maskunet_platform.subject.data import prepare_subject_job
+
+        job = prepare_subject_job(job, base_location, progress)
     target = start_or_resume_run(job, plan.run_name, plan.fingerprint, reopen=plan.action == "extend") \
         if job.tracking.enabled else None
     storage = RunStorage(job)

@@ -62,7 +62,8 @@ def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     timesteps = sample_timesteps(w.base.noise_scheduler, latents.shape[0], latents.device, w.rng)
     per_sample = diffusion_loss(w.engine.forward_module, w.base.noise_scheduler, latents, text_states,
                                 noise, timesteps)
-    loss = per_sample.mean()
+    weights = batch.get("loss_weight")  # subject jobs: 1 for instance rows, prior_loss_weight for class rows
+    loss = per_sample.mean() if weights is None else (per_sample * weights.to(per_sample)).mean()
     penalty = w.trainee.penalty(w.job)  # rho costs 4 bytes per mask entry: only when weighted
     if penalty is not None:
         loss = loss + penalty

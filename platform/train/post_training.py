@@ -56,6 +56,7 @@ class PostTrainingResult:
     heatmap_png: Optional[bytes] = None
     samples_png: Optional[bytes] = None
     shapes: Any = None  # bench.shapes.benchmark.ShapesReport
+    subject: Any = None  # subject.report.SubjectReport (subject jobs)
     device: str = "cpu"
     where: str = ""  # node and process the task ran in
     timings: dict = field(default_factory=dict)  # stage -> seconds, measured in the task
@@ -109,6 +110,12 @@ def _post_training(job_data: dict, generator: GeneratorSource, data_uri: Optiona
             started = time.perf_counter()
             out.shapes = shapes_benchmark(job, base_location, generator_dir, device, dtype)
             timings["shapes benchmark"] = time.perf_counter() - started
+        if job.data.subject is not None:
+            from maskunet_platform.subject.report import subject_report
+
+            started = time.perf_counter()
+            out.subject = subject_report(job, base_location, generator_dir, device, dtype)
+            timings["subject report"] = time.perf_counter() - started
     return out
 
 

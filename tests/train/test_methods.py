@@ -7,6 +7,7 @@ generates). Two more runs reuse it: the full fine-tune again on plain DDP (same 
 clipping off), and the LoRA run extended from its checkpoint (resume).
 """
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,5 +186,40 @@ def test_lora_resumes_from_its_checkpoint_and_the_export_generates(compare_run):
     pipe = MaskUNetPipeline.from_base(longer.model.base, masks=more.generator_dir)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.peft_config["default"].r == longer.train.lora.rank  # rank/alpha from the file's metadata
+    tuned, plain = _image(pipe, True), _image(pipe, False)
+    assert not (tuned == plain).all()
+
+
+def _unet_state(folder):
+    from safetensors.torch import load_file
+
+    (weights,) = sorted(Path(folder).glob("*.safetensors"))
+    return load_file(str(weights))
+
+
+@pytest.mark.slow
+def test_full_resumes_from_its_zero3_checkpoint_and_the_export_generates(compare_run):
+    """After the DDP parity check (which reads the ZeRO-3 run's loss curve before this extension
+    logs one more step into it): the full fine-tune (ZeRO-3, parameter + optimizer offload)
+    continues from its partitioned checkpoint, exports a U-Net folder, reloads and generates."""
+    from maskunet import MaskUNetPipeline
+    from maskunet_platform.compare.runner import method_job
+    from maskunet_platform.config import apply_overrides
+    from maskunet_platform.config.job import JobConfig
+    from maskunet_platform.train.launcher import train_job
+    from maskunet_platform.train.runs import plan_run
+
+    job, outcome = compare_run
+    first = next(r for r in outcome.results if r.method == "full")
+    longer = JobConfig.model_validate(apply_overrides(method_job(job, "full").model_dump(mode="json"),
+                                                      [f"train.steps={STEPS + 1}"]))
+    assert (longer.train.deepspeed.zero_stage, longer.train.deepspeed.offload_param) == (3, "cpu")
+    before = _unet_state(first.weights_dir)  # the extension exports to the same folder
+    more = train_job(longer, plan=plan_run(longer, resume=first.run_name), finalize=False)
+    assert (more.metrics["resumed_from_step"], more.metrics["step"]) == (STEPS, STEPS + 1)  # continued
+    after = _unet_state(more.generator_dir)
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    pipe = MaskUNetPipeline.from_base(longer.model.base, masks=more.generator_dir)
+    pipe.set_progress_bar_config(disable=True)
     tuned, plain = _image(pipe, True), _image(pipe, False)
     assert not (tuned == plain).all()

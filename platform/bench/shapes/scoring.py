@@ -57,10 +57,10 @@ def _values(scores: list[dict], category: str) -> list[float]:
     return [s[category] for s in scores if s.get(category) is not None]
 
 
-def summarize(scores: list[dict]) -> dict[str, dict]:
+def summarize(scores: list[dict], categories: tuple[str, ...] = CATEGORIES) -> dict[str, dict]:
     """{category: {mean, lo, hi, n}} with a 95% Wilson interval; n = items scored in it."""
     out = {}
-    for category in CATEGORIES:
+    for category in categories:
         values = _values(scores, category)
         if not values:
             out[category] = {"mean": None, "lo": None, "hi": None, "n": 0}
@@ -87,13 +87,14 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def paired_difference(scores_a: list[dict], scores_b: list[dict]) -> dict[str, dict]:
+def paired_difference(scores_a: list[dict], scores_b: list[dict],
+                      categories: tuple[str, ...] = CATEGORIES) -> dict[str, dict]:
     """{category: {mean, lo, hi, n}} of b - a over items scored in both (same index = same
     prompt and seed), with a 95% paired t-interval clipped to [-1, 1]."""
     if len(scores_a) != len(scores_b):
         raise ValueError(f"paired scores need equal lengths, got {len(scores_a)} and {len(scores_b)}")
     out = {}
-    for category in CATEGORIES:
+    for category in categories:
         diffs = np.array([b[category] - a[category] for a, b in zip(scores_a, scores_b)
                           if a.get(category) is not None and b.get(category) is not None])
         n = len(diffs)

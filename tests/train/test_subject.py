@@ -1,0 +1,95 @@
+"""Subject-driven (DreamBooth-style) masks: `maskunet train -c jobs/subject-local.yaml`.
+
+One small end-to-end run as a real process on the embedded store: the sample subject folder
+is written, the base draws the class images, masks train under Ray Train on 2 workers
+(ZeRO-2), and the report (summary rows, JSON beside the export, MLflow metrics and artifacts)
+says how often the subject appears in new contexts, base vs masked, paired. Config and
+input errors are checked without training.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+from maskunet_platform.config import ConfigError, load_job
+from tests.fixtures.cli import assert_plain_console, maskunet_env, run_maskunet, summary_value
+from tests.train.conftest import REPO
+
+SUBJECT_JOB = REPO / "jobs" / "subject-local.yaml"
+PROMPTS = 4
+
+
+@pytest.mark.parametrize("override, field", [
+    ("data.subject.instance_promt=x", "data.subject.instance_promt"),
+    ("data.subject.prior_loss_weight=0", "data.subject.prior_loss_weight"),
+    ("data.subject.report.template=a sks circle", "data.subject.report.template"),
+    ("data.holdout_fraction=0.1", "data.holdout_fraction"),
+    ("data.source=s3://bucket/subject", "data.source"),
+])
+def test_subject_fields_are_validated(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_job(SUBJECT_JOB, [override])
+
+
+def test_a_subject_folder_without_images_is_invalid_input(shapes_base, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_maskunet(["train", "-c", str(SUBJECT_JOB), "--set", f"model.base={shapes_base}",
+                           "--set", f"data.source={tmp_path / 'empty'}", "--set", f"train.export_dir={tmp_path / 'x'}",
+                           "--set", f"train.storage_path={tmp_path / 'runs'}",
+                           "--set", f"tracking.local_store={tmp_path / 'mlflow'}"], maskunet_env(), timeout=180)
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "data.source" in errors[0] and "has no images" in errors[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def subject_run(shapes_base, tmp_path_factory):
+    root = tmp_path_factory.mktemp("subject")
+    overrides = [f"model.base={shapes_base}", f"data.source={root / 'subject'}", f"train.storage_path={root / 'runs'}",
+                 f"train.export_dir={root / 'exports'}", f"tracking.local_store={root / 'mlflow'}",
+                 "train.cpus_per_worker=0.5", "train.steps=2", "train.log_every=1", "train.checkpoint_every=2",
+                 "data.batch_size=4", "data.subject.instance_rows=16", "data.subject.num_class_images=4",
+                 "data.subject.class_steps=2", f"data.subject.report.prompts={PROMPTS}", "data.subject.report.steps=2",
+                 "train.eval.rows=8", "tracking.log_samples=false", "tracking.register_model=false"]
+    args = [arg for item in overrides for arg in ("--set", item)]
+    result = run_maskunet(["train", "-c", str(SUBJECT_JOB), *args], maskunet_env(), timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return result, root
+
+
+@pytest.mark.slow
+def test_subject_job_trains_and_reports_appearance(subject_run):
+    from mlflow import MlflowClient
+
+    result, root = subject_run
+    assert_plain_console(result)
+    out = result.stdout
+    assert sorted(p.name for p in (root / "subject").iterdir()) == [f"subject-0{i}.png" for i in range(4)]
+    for stage in ("subject data (4 images + 4 class images) done", "evaluate + subject report done"):
+        assert stage in out, (stage, out)
+    assert "subject-data loss:" in out and "held-out loss:" not in out
+    assert "subject:" in out and "masked - base (paired)" in out
+    # The prepared data: instance rows (weight 1) and class rows drawn by the base (prior_loss_weight).
+    prepared = next((root / "runs" / "subject-data").iterdir())
+    marker = json.loads((prepared / "subject.json").read_text())
+    assert marker["subject"] == {"colour": "purple", "kind": "circle"}
+    assert (marker["instance_rows"], marker["class_images"]) == (16, 4)
+    assert sorted({tuple(c) for c in marker["contexts"]}) == [("white", 1, 1)]
+    report_path = Path(summary_value(out, "subject").rsplit("(", 1)[1].rstrip(")"))
+    report = json.loads(report_path.read_text())
+    assert report["items"] == PROMPTS and len(set(report["prompts"])) == PROMPTS
+    assert all("sks circle" in p and "in the center on a white background" not in p for p in report["prompts"])
+    for model in ("base", "masked"):
+        for category in ("subject", "subject_anywhere", "background"):
+            s = report["results"][model][category]
+            assert s["n"] == PROMPTS and 0 <= s["lo"] <= s["mean"] <= s["hi"] <= 1
+    d = report["difference"]["subject"]
+    assert d["n"] == PROMPTS and -1 <= d["lo"] <= d["mean"] <= d["hi"] <= 1
+    assert (report_path.parent / "subject_report.png").stat().st_size > 0
+    run_id = summary_value(out, "mlflow run").split()[0]
+    client = MlflowClient(f"sqlite:///{root / 'mlflow' / 'mlflow.db'}")
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["subject/items"] == PROMPTS
+    assert metrics["subject/masked/subject"] == report["results"]["masked"]["subject"]["mean"]
+    assert {"subject_report.json", "subject_report.png"} <= {a.path for a in client.list_artifacts(run_id)}
+    assert client.get_run(run_id).data.params["data.source"] == str(prepared)
