@@ -86,6 +86,9 @@ def compare_run(ray_local, mlflow_server, shapes_base, train_data, tmp_path_fact
     job = load_job(COMPARE_JOB, [
         f"model.base={shapes_base}", f"data.source={train_data}", f"train.storage_path={tmp / 'runs'}",
         f"train.export_dir={tmp / 'exports'}", "train.cpus_per_worker=0.5", f"train.steps={STEPS}",
+        # 3 steps at the job's gentle mask settings (bias 3, lr 1e-2) leave every logit above 0;
+        # bias 2 and lr 2e-2 (masks only: lora and full keep their own lr) move some below it.
+        "mask.logit_bias=2.0", "train.lr=2e-2",
         "train.log_every=1", "train.warmup_steps=0", "train.deepspeed.gradient_clipping=0", "data.deterministic=true",
         "train.eval.rows=8", "train.eval.shapes.prompts=4", "train.eval.shapes.steps=3",
         f"tracking.tracking_uri={mlflow_server.tracking_uri}", "compare.grid_prompts=[a red circle, a blue square]",
