@@ -96,8 +96,11 @@ def prepared_location(job: JobConfig, images: list[bytes], base_location: str) -
 def prepare_subject_job(job: JobConfig, base_location: str, progress=None) -> JobConfig:
     """The job reading the prepared subject data (see the module docstring); unchanged when
     it is not a subject job or its source already is prepared data."""
+    from maskunet_platform.console.progress import Progress
+
     if job.data.subject is None or is_prepared(job.data.source):
         return job
+    progress = progress or Progress()  # the console's silent default
     images = [p.read_bytes() for p in instance_images(job.data.source)]
     out = prepared_location(job, images, base_location)
     if "://" not in out:
@@ -106,17 +109,11 @@ def prepare_subject_job(job: JobConfig, base_location: str, progress=None) -> Jo
         s = job.data.subject
         what = f"subject data ({len(images)} images" + (f" + {s.num_class_images} class images)" if s.num_class_images
                                                       else ")")
-        with _stage(progress, what):
+        with progress.stage(what):
             classes = draw_class_images(job, base_location) if s.num_class_images else []
             write_subject_data(job, images, classes, out)
     data = job.data.model_copy(update={"source": out})
     return job.model_copy(update={"data": data})
-
-
-def _stage(progress, what: str):
-    from contextlib import nullcontext
-
-    return progress.stage(what) if progress is not None else nullcontext()
 
 
 def draw_class_images(job: JobConfig, base_location: str) -> list[bytes]:
