@@ -47,6 +47,9 @@ class Stage:
     def __init__(self, progress: "Progress", name: str):
         self.progress, self.name, self.started = progress, name, time.monotonic()
         self.closed = False
+        # Where the stage's time went, when known (e.g. measured in a remote task): the
+        # timings then record these parts instead of the whole, and the stage's line names them.
+        self.parts: dict[str, float] = {}
 
     def done(self, note: str = "") -> float:
         """Mark the stage finished (one line in the plain display); returns its seconds."""
@@ -54,6 +57,8 @@ class Stage:
             return 0.0
         self.closed = True
         seconds = time.monotonic() - self.started
+        if self.parts and not note:
+            note = ", ".join(f"{name} {format_duration(s)}" for name, s in self.parts.items())
         self.progress._stage_done(self, seconds, note)
         return seconds
 
@@ -149,7 +154,8 @@ class Progress:
 
     def _stage_done(self, stage: Stage, seconds: float, note: str) -> None:
         with self._lock:
-            self.timings[stage.name] = self.timings.get(stage.name, 0.0) + seconds
+            for name, part in (stage.parts or {stage.name: seconds}).items():
+                self.timings[name] = self.timings.get(name, 0.0) + part
             if stage in self._open:
                 self._open.remove(stage)
 

@@ -8,9 +8,12 @@ failure posts to the same actor, so the display continues (and says so).
 """
 import logging
 import threading
+import time
 from collections import deque
 
 import ray
+
+from maskunet_platform.console.progress import format_duration
 
 log = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -154,7 +157,13 @@ class BoardWatcher(_BoardPoller):
         if self.ready_events > 1:
             self.progress.warn(f"a worker failed: the worker group restarted from step {resumed}")
         if not self._workers.closed:
-            self._workers.done(f"resumed at step {resumed}" if resumed else "")
+            # Ray Train's start (controller, worker processes, process group), then the
+            # workers' own set-up (imports, base, engine), as rank 0 measured it.
+            total = time.monotonic() - self._workers.started
+            setup = min(float(payload.get("setup_s") or 0.0), total)
+            self._workers.parts = {"start workers": total - setup, "worker set-up": setup}
+            self._workers.done(f"{format_duration(setup)} of it worker set-up"
+                               + (f"; resumed at step {resumed}" if resumed else ""))
         if self._training is None:
             self._training = self.progress.steps("training", self.total_steps, start=resumed)
 

@@ -186,6 +186,8 @@ def build_engine(model: nn.Module, train: TrainSection, micro_batch: int, world_
         return _ddp_engine(model, train, world_size, device, trainable, optimizer, scheduler)
     import deepspeed  # imported late: it reads DS_ACCELERATOR at import time
 
+    if not train.use_gpu:
+        skip_cpu_shm_op(deepspeed)
     ds_engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
         model=model,
         model_parameters=trainable,
@@ -202,6 +204,16 @@ def build_engine(model: nn.Module, train: TrainSection, micro_batch: int, world_
                                              scaling.min_scale)
         engine.apply_loss_scale()
     return engine
+
+
+def skip_cpu_shm_op(deepspeed) -> None:
+    """Keep DeepSpeed's CPU comm backend from building and loading its shared-memory op.
+
+    The op only serves `inference_all_reduce` (tensor-parallel inference); ZeRO training
+    never calls it. Left alone, every worker first probes all of DeepSpeed's ops with
+    compiler subprocesses, then JIT-builds the op (30-45 s, once per machine) or loads it.
+    `__compatible_ops__` is the one table the comm backend consults (DeepSpeed 0.19)."""
+    deepspeed.ops.__compatible_ops__ = {"deepspeed_shm_comm": False}
 
 
 def _ddp_engine(model, train, world_size, device, trainable, optimizer, scheduler) -> Engine:

@@ -17,16 +17,18 @@ log = logging.getLogger(__name__)
 # MLflow artifact folder of the trained weights per train.method.
 ARTIFACT_NAMES = {"masks": "mask_generator", "lora": "lora", "full": "unet"}
 SUBJECT_REPORT = "subject_report.json"
+# The post-training task's timings as the closing summary names them.
+TASK_PARTS = {"start task": "start eval task", "eval": "evaluate"}
 
 
 def eval_batches(job: JobConfig, base_location: str, data_uri: Optional[str] = None, split: str = "holdout"):
     """Held-out batches in a stable order (the same rows for every evaluation)."""
-    from maskunet_platform.data.pipeline import build_dataset
+    from maskunet_platform.data.pipeline import iter_local_batches
 
     data = job.data.model_copy(update={"deterministic": True, "flip": False, "crop": "center",
                                        **({"source": data_uri} if data_uri else {})})
-    ds = build_dataset(data, base_location, split=split, counter_name="maskunet-eval-drops")
-    return ds.limit(job.train.eval.rows).iter_torch_batches(batch_size=job.train.eval.batch_size)
+    return iter_local_batches(data, base_location, split=split, rows=job.train.eval.rows,
+                              batch_size=job.train.eval.batch_size, counter_name="maskunet-eval-drops")
 
 
 def run_paired_eval(job: JobConfig, base_location: str, generator_dir: str, data_uri: Optional[str] = None,
@@ -59,10 +61,11 @@ def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional
     shapes = " + shapes benchmark" if job.train.eval.shapes.prompts else ""
     subject = job.data.subject is not None
     shapes += " + subject report" if subject and job.data.subject.report.prompts else ""
-    with progress.stage("evaluate" + (" + samples" if samples else "") + shapes):
+    with progress.stage("evaluate" + (" + samples" if samples else "") + shapes) as stage:
         # A subject job holds nothing out: its paired eval reads the subject data itself.
         post = run_post_training(job, GeneratorSource(checkpoint=checkpoint), split="all" if subject else "holdout",
                                  heatmap=tracking and job.tracking.log_heatmap and job.train.method == "masks", samples=samples, shapes=True)
+        stage.parts = {TASK_PARTS.get(name, name): seconds for name, seconds in post.timings.items()}
     outcome.eval = post.eval.metrics()
     for report in (post.shapes, post.subject):
         if report is not None:
@@ -74,7 +77,7 @@ def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional
         (report_dir / SUBJECT_REPORT).write_text(json.dumps(post.subject.to_json(), indent=2))
         (report_dir / SUBJECT_REPORT.replace(".json", ".png")).write_bytes(post.subject.grid_png)
     outcome.post_training_where = post.where
-    outcome.timings.update({f"{k} ({post.device})": v for k, v in post.timings.items()})
+    outcome.timings.update({f"{k} ({post.device})": v for k, v in post.timings.items() if k != "start task"})
     outcome.timings["post_training_task"] = time.perf_counter() - started
     if not tracking:
         return

@@ -67,6 +67,7 @@ def connect_ray(address: Optional[str], job: JobConfig, dashboard: bool = False)
         ray.init(address=address, runtime_env=runtime_env)
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    runtime_env["env_vars"] |= {k: os.environ.get(k, v) for k, v in LOCAL_TRAIN_SETTINGS.items()}
     # Training workers hold their CPUs for the whole run; Ray Data's read/preprocess tasks
     # need slots of their own, or the input pipeline starves.
     need = int(job.train.num_workers * job.train.cpus_per_worker) + 2
@@ -76,6 +77,12 @@ def connect_ray(address: Optional[str], job: JobConfig, dashboard: bool = False)
         options |= {"dashboard_host": "127.0.0.1", "dashboard_port": port}
         runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=runtime_env, **options)
+
+
+# Ray Train settings for a Ray this command starts on one machine (a set environment wins):
+# its controller polls the workers every 0.5 s, not 2 s (each phase of a run waits for a
+# poll), and no actor process watches for node preemption, which a single machine never sees.
+LOCAL_TRAIN_SETTINGS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def free_local_port() -> int:
@@ -193,8 +200,10 @@ def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[
         from maskunet_platform.subject.data import prepare_subject_job
 
         job = prepare_subject_job(job, base_location, progress)
-    target = start_or_resume_run(job, plan.run_name, plan.fingerprint, reopen=plan.action == "extend") \
-        if job.tracking.enabled else None
+    target = None
+    if job.tracking.enabled:
+        with progress.stage("start MLflow run"):
+            target = start_or_resume_run(job, plan.run_name, plan.fingerprint, reopen=plan.action == "extend")
     storage = RunStorage(job)
     # A run keeps the fingerprint it was created with (an extension with more steps does not rename it).
     storage.write_record(plan.run_name, status="running", job=job.name,
@@ -225,8 +234,9 @@ def _fit_and_finalize(job: JobConfig, run_name: str, target, base_location: str,
     from maskunet_platform.console.train_progress import BoardWatcher, ProgressBoard
     from maskunet_platform.data.stats import on_this_node
 
-    board = ProgressBoard.options(**on_this_node()).remote() if live else None
-    trainer = build_trainer(job, run_name, asdict(target) if target else None, base_location, board)
+    with progress.stage("open data + build trainer"):
+        board = ProgressBoard.options(**on_this_node()).remote() if live else None
+        trainer = build_trainer(job, run_name, asdict(target) if target else None, base_location, board)
     watcher = BoardWatcher(board, progress, job.train.steps).start() if board is not None else None
     started, fitted = time.perf_counter(), False
     try:

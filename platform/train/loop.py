@@ -1,6 +1,7 @@
 """The per-worker Ray Train function: frozen base + masked U-Net + engine, train, report, checkpoint."""
 import logging
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
@@ -72,12 +73,12 @@ def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return per_sample.detach(), timesteps, stepped
 
 
-def batches(job: JobConfig) -> Iterator[dict[str, torch.Tensor]]:
+def batches(job: JobConfig, shard=None) -> Iterator[dict[str, torch.Tensor]]:
     """Endless micro-batches from this worker's Ray Data shard (a new pass per epoch, reading
     the row groups in a new order), rows mixed in a local shuffle buffer (`data.shuffle_buffer`)."""
     from maskunet_platform.data.pipeline import local_shuffle_buffer
 
-    shard = ray.train.get_dataset_shard("train")
+    shard = shard or ray.train.get_dataset_shard("train")
     buffer = local_shuffle_buffer(job.data)
     while True:
         seen = 0
@@ -89,18 +90,48 @@ def batches(job: JobConfig) -> Iterator[dict[str, torch.Tensor]]:
             raise RuntimeError(f"training shard has fewer than data.batch_size={job.data.batch_size} rows")
 
 
+class FirstBatchEarly:
+    """Starts the data pipeline while the worker sets up: a thread takes the first batch
+    (Ray Data's executor, read tasks and their processes start meanwhile), then the loop
+    goes on with the same iterator. Without it the pipeline starts only after set-up."""
+
+    def __init__(self, job: JobConfig):
+        self._batches = batches(job, ray.train.get_dataset_shard("train"))
+        self._first: Optional[dict] = None
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._take, name="maskunet-first-batch", daemon=True)
+        self._thread.start()
+
+    def _take(self) -> None:
+        try:
+            self._first = next(self._batches)
+        except BaseException as e:  # noqa: BLE001 - raised in the training thread below
+            self._error = e
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        yield self._first
+        yield from self._batches
+
+
 def setup_worker(config: dict[str, Any]) -> Worker:
     job = JobConfig.model_validate(config["job"])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if job.train.use_gpu else torch.device("cpu")
+    started = time.perf_counter()
     base = load_frozen_base(job.model, device, DTYPES[job.train.precision])
     if job.train.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
     trainee = build_trainee(job, base.unet, device)  # seeded: identical init on every rank
     if job.train.compile:
         base.unet.compile()
+    loaded = time.perf_counter()
     engine = build_engine(trainee.model, job.train, job.data.batch_size, world_size, device)
+    log.info("rank %d: base + trainee %.1fs, %s engine %.1fs", rank, loaded - started,
+             "DeepSpeed" if job.train.deepspeed.enabled else "DDP", time.perf_counter() - loaded)
     rng = torch.Generator()  # seeded per rank and step in _restore
     tracker = WorkerTracker(config.get("tracking"), enabled=rank == 0, settings=job.tracking)
     board = BoardClient(config.get("progress"), enabled=rank == 0)
@@ -117,6 +148,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point for `TorchTrainer(train_loop_per_worker=...)`; config = {"job": ..., "tracking": ...}."""
     configure_worker_env(config["job"]["train"]["use_gpu"])
     started = time.perf_counter()
+    data = FirstBatchEarly(JobConfig.model_validate(config["job"]))
     w = setup_worker(config)
     log.info("rank %d: set up in %.1fs", w.rank, time.perf_counter() - started)
     train = w.job.train
@@ -125,7 +157,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if resume_step:  # evidence of an exact continuation: the interrupted run logged the same values here
         w.tracker.log_metrics(gather_per_rank({"rng/fingerprint": fingerprint(w.rng)}, w.rank, w.world_size), step)
     window = MetricWindow(train.timestep_buckets, w.base.noise_scheduler.config.num_train_timesteps)
-    for batch in batches(w.job):
+    for batch in data:
         if step >= train.steps:
             break
         per_sample, timesteps, stepped = train_step(w, batch)

@@ -75,11 +75,14 @@ def run_post_training(job: JobConfig, generator: GeneratorSource, data_uri: Opti
     # DEFAULT scheduling: called from a sweep trial, the task must not be captured by the
     # trial's one-CPU placement group (it runs after the trial's Train workers let go of theirs).
     task = ray.remote(_post_training).options(**task_resources(job), max_retries=1, scheduling_strategy="DEFAULT")
-    return ray.get(task.remote(job.model_dump(mode="json"), generator, data_uri, split, heatmap, samples, shapes))
+    return ray.get(task.remote(job.model_dump(mode="json"), generator, data_uri, split, heatmap, samples, shapes,
+                               time.time()))
 
 
 def _post_training(job_data: dict, generator: GeneratorSource, data_uri: Optional[str], split: str,
-                   heatmap: bool, samples: bool, shapes: bool) -> PostTrainingResult:
+                   heatmap: bool, samples: bool, shapes: bool, submitted: float = 0.0) -> PostTrainingResult:
+    # From submission to here: a worker process, and this module's imports (torch, diffusers).
+    timings: dict[str, float] = {"start task": max(0.0, time.time() - submitted)} if submitted else {}
     from maskunet_platform.train.artifacts import sample_grid_png, sparsity_heatmap_png
     from maskunet_platform.train.base import DTYPES, resolve_base
     from maskunet_platform.train.finalize import run_paired_eval
@@ -88,7 +91,6 @@ def _post_training(job_data: dict, generator: GeneratorSource, data_uri: Optiona
     device = "cuda" if job.train.use_gpu and torch.cuda.is_available() else "cpu"
     dtype = DTYPES[job.train.precision]
     base_location = resolve_base(job.model)  # where this node's workers loaded it from
-    timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="maskunet-post-") as tmp:
         tmp = Path(tmp)
         started = time.perf_counter()

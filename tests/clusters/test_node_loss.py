@@ -15,7 +15,7 @@ import pytest
 from tests.clusters.references import REPO
 from tests.fixtures.cli import maskunet_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 STEPS, EVERY = 12, 2
 
 

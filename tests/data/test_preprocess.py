@@ -95,3 +95,23 @@ def test_batches_left_empty_by_drops_yield_no_block(tiny_base, sample_dir):
     assert 0 < len(outs) == kept < table.num_rows  # one-row batches of dropped rows yield nothing
     assert all(len(o["input_ids"]) == len(o["pixel_values"]) == 1 for o in outs)
     assert all(o["pixel_values"].dtype == np.uint8 for o in outs)
+
+
+def test_local_batches_are_ray_datas_deterministic_batches(ray_local, tiny_base, sample_data, bad_rows_file):
+    """Evaluation reads its few held-out rows in-process (`iter_local_batches`): the same rows,
+    pixels and tokens, in the same batches, as the Ray Data pipeline's deterministic order,
+    bad rows dropped the same way, and a short last batch when the split runs out."""
+    import torch
+
+    from maskunet_platform.data.pipeline import iter_local_batches
+
+    for source, split, rows in ((sample_data(96, 3, 5), "holdout", 20), (sample_data(96, 3, 5), "train", 13),
+                                (bad_rows_file, "all", 100)):
+        cfg = DataSection(source=source, resolution=32, deterministic=True, holdout_fraction=0.3)
+        expected = list(build_dataset(cfg, tiny_base, split=split, counter_name="t-local").limit(rows)
+                        .iter_torch_batches(batch_size=8))
+        got = list(iter_local_batches(cfg, tiny_base, split=split, rows=rows, batch_size=8))
+        assert [len(b["input_ids"]) for b in got] == [len(b["input_ids"]) for b in expected], (source, split)
+        assert sum(len(b["input_ids"]) for b in got) == min(rows, sum(len(b["input_ids"]) for b in expected))
+        for a, b in zip(got, expected):
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (source, split)

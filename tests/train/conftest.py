@@ -48,14 +48,14 @@ def _no_stale_experiment_env():
 
 
 @pytest.fixture(scope="session")
-def default_run(ray_local, mlflow_server, make_job, shapes_base):
+def default_run(s3, ray_local, mlflow_server, make_job, shapes_base):
     """The default job (ZeRO-2, 2 workers) on the pretrained shapes base, with tracking, eval,
-    the shapes benchmark, artifacts and registration."""
+    the shapes benchmark, artifacts and registration, its checkpoints on S3 (moto, endpoint
+    from AWS_ENDPOINT_URL). The session's one trained run for tests that need *a* trained run."""
     from maskunet_platform.train.launcher import train_job
 
-    # A credential in a URL must never reach MLflow params (storage is local, so it is unused).
+    bucket = s3.create_bucket("maskunet-default-run")
     job = make_job("default", *PARITY, f"model.base={shapes_base}", "train.eval.shapes.prompts=16",
-                   f"data.s3_endpoint_url=http://key:{SECRET}@127.0.0.1:9",
-                   tracking_uri=mlflow_server.tracking_uri)
+                   f"train.storage_path=s3://{bucket}/runs", tracking_uri=mlflow_server.tracking_uri)
     outcome = train_job(job, job_yaml=LOCAL_JOB.read_text())
     return job, outcome

@@ -9,7 +9,7 @@ import time
 import psutil
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 STEPS, EVERY = 20, 10
 
 

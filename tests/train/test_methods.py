@@ -97,6 +97,7 @@ def compare_run(ray_local, mlflow_server, shapes_base, train_data, tmp_path_fact
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_compare_table_grid_counts_and_mlflow(compare_run, mlflow_server):
     from diffusers import UNet2DConditionModel
     from mlflow import MlflowClient
@@ -136,6 +137,7 @@ def test_compare_table_grid_counts_and_mlflow(compare_run, mlflow_server):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_full_zero3_offload_matches_ddp(compare_run, mlflow_server):
     from mlflow import MlflowClient
 
@@ -167,6 +169,7 @@ def _image(pipe, enabled: bool):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_lora_resumes_from_its_checkpoint_and_the_export_generates(compare_run):
     from maskunet import MaskUNetPipeline
     from maskunet.baselines import load_lora_state
@@ -201,6 +204,7 @@ def _unet_state(folder):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_full_resumes_from_its_zero3_checkpoint_and_the_export_generates(compare_run):
     """After the DDP parity check (which reads the ZeRO-3 run's loss curve before this extension
     logs one more step into it): the full fine-tune (ZeRO-3, parameter + optimizer offload)

@@ -58,6 +58,7 @@ def subject_run(shapes_base, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_subject_job_trains_and_reports_appearance(subject_run):
     from mlflow import MlflowClient
 

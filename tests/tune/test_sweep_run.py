@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 SWEEP = "test-sweep"
 # 4 trials (a grid over the threshold), 8 steps each, ASHA after 2 steps: a threshold of 0.9
 # drops most weights at the start (its keep threshold logit(0.9) = 2.2 is above the +2 bias),
@@ -22,10 +22,10 @@ SETTINGS = ["train.steps=8", "train.log_every=2", "train.checkpoint_every=8", "t
             "tune.search_space={mask.threshold: {grid: [0.3, 0.5, 0.9, 0.7]}}", "tune.register_best=true"]
 
 
-def sweep_command(tmp, tracking_uri, data, *extra):
-    sets = [*SETTINGS, f"tracking.tracking_uri={tracking_uri}", f"tune.storage_path={tmp}/sweeps",
+def sweep_command(tmp, tracking_uri, data, *extra, name=SWEEP, settings=SETTINGS):
+    sets = [*settings, f"tracking.tracking_uri={tracking_uri}", f"tune.storage_path={tmp}/sweeps",
             f"train.storage_path={tmp}/runs", f"train.export_dir={tmp}/export", f"data.source={data}"]
-    return [sys.executable, "-m", "maskunet_platform.cli", "sweep", "--name", SWEEP, "--json",
+    return [sys.executable, "-m", "maskunet_platform.cli", "sweep", "--name", name, "--json",
             *(arg for s in sets for arg in ("--set", s)), *extra]
 
 
