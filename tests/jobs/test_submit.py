@@ -16,12 +16,13 @@ SECRET = "SubmitSecret-4711"
 
 @pytest.fixture(scope="module")
 def job_args(tiny_base, sample_data, tmp_path_factory):
-    """jobs/local.yaml as a 4-step DDP run on the tiny base, in a private folder."""
+    """jobs/local.yaml as a 2-step, 1-worker DDP run on the tiny base, in a private folder: what
+    is under test is the submission, not the training (that is tests/train's)."""
     root = tmp_path_factory.mktemp("submit")
     sets = [f"model.base={tiny_base}", f"data.source={sample_data(rows=320, shards=4, seed=0)}",
             f"train.storage_path={root / 'runs'}", f"train.export_dir={root / 'exports'}", "name=submitted",
-            "tracking.experiment=submitted", "tracking.registered_model_name=submitted", "train.steps=4",
-            "train.log_every=2", "train.checkpoint_every=4", "train.cpus_per_worker=0.5", "train.eval.rows=8",
+            "tracking.experiment=submitted", "tracking.registered_model_name=submitted", "train.steps=2", "train.num_workers=1",
+            "train.log_every=1", "train.checkpoint_every=2", "train.cpus_per_worker=0.5", "train.eval.rows=4",
             "train.deepspeed.enabled=false", "tracking.log_samples=false", "train.eval.shapes.prompts=0"]
     return [arg for item in sets for arg in ("--set", item)]
 
@@ -111,7 +112,7 @@ def test_submitted_training_job_succeeds_and_is_tracked(submitted, mlflow_server
     client = MlflowClient(mlflow_server.tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("submitted").experiment_id])
     assert run.info.status == "FINISHED"
-    assert max(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == 4
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, "train/loss")) == 2
     (version,) = client.search_model_versions("name='submitted'")
     assert version.run_id == run.info.run_id
 

@@ -8,7 +8,8 @@ from maskunet_platform.config import load_job
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_JOB = REPO / "jobs" / "local.yaml"
-DEFAULT_STEPS = 30
+DEFAULT_STEPS = 10  # two log windows (log_every 5): enough to compare ZeRO-2 with DDP step by step
+SHAPES_PROMPTS = 8
 SECRET = "SuperSecret123"
 # Clipping off and a fixed row order, so the ZeRO-2 default run doubles as the DDP parity reference.
 PARITY = ["train.deepspeed.gradient_clipping=0", "data.deterministic=true", f"train.steps={DEFAULT_STEPS}"]
@@ -55,7 +56,7 @@ def default_run(s3, ray_local, mlflow_server, make_job, shapes_base):
     from maskunet_platform.train.launcher import train_job
 
     bucket = s3.create_bucket("maskunet-default-run")
-    job = make_job("default", *PARITY, f"model.base={shapes_base}", "train.eval.shapes.prompts=16",
+    job = make_job("default", *PARITY, f"model.base={shapes_base}", f"train.eval.shapes.prompts={SHAPES_PROMPTS}",
                    f"train.storage_path=s3://{bucket}/runs", tracking_uri=mlflow_server.tracking_uri)
     outcome = train_job(job, job_yaml=LOCAL_JOB.read_text())
     return job, outcome

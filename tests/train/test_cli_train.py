@@ -49,9 +49,14 @@ def test_train_prints_plain_progress_and_a_summary(first_run, cli_job):
     assert steps == ["2/4", "4/4"]
     assert "loss " in out and "img/s" in out and "sparsity " in out
     assert "shapes bench:" in out and "masked - base (paired)" in out  # the benchmark's table
-    for stage in ("start Ray done", "start workers done", "evaluate + shapes benchmark done",
+    for stage in ("start Ray done", "start MLflow run done", "start workers done", "evaluate + shapes benchmark done",
                   "MLflow log + register done"):
         assert stage in out, stage
+    # The closing summary's time per stage splits the remote work into its parts.
+    timed = summary_value(out, "time")
+    for part in ("start Ray", "start workers", "worker set-up", "training", "start eval task", "evaluate",
+                 "shapes benchmark", "MLflow log + register"):
+        assert f"{part} " in timed, (part, timed)
     run_name = summary_value(out, "what happened").split()[2]
     assert out.count("\n") <= 60 and f"maskunet train: run {run_name} trained (new run)" in out
     run_id = summary_value(out, "mlflow run").split()[0]
@@ -62,6 +67,7 @@ def test_train_prints_plain_progress_and_a_summary(first_run, cli_job):
     assert log.parent == root / "exports" / run_name / "logs"
     noise = log.read_text()
     assert "RayTrainWorker" in noise and "Started a local Ray instance" in noise  # the noise is kept, there
+    assert "shm_comm_op" not in noise  # DeepSpeed's inference-only CPU op is neither built nor loaded
 
 
 def test_finished_run_is_reported_without_starting_ray(first_run, cli_job):

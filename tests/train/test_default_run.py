@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tests.train.conftest import DEFAULT_STEPS, LOCAL_JOB
+from tests.train.conftest import DEFAULT_STEPS, LOCAL_JOB, SHAPES_PROMPTS
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -33,7 +33,7 @@ def test_masks_train_on_the_pretrained_base_without_damaging_it(default_run):
 def test_training_reports_the_shapes_benchmark_paired(default_run):
     _, outcome = default_run
     e = outcome.eval
-    assert e["shapes/items"] == 16
+    assert e["shapes/items"] == SHAPES_PROMPTS
     for category in ("background", "colour", "kind", "position", "binding"):
         base, masked, diff = e[f"shapes/base/{category}"], e[f"shapes/masked/{category}"], e[f"shapes/diff/{category}"]
         assert diff == pytest.approx(masked - base)

@@ -1,5 +1,5 @@
 """The default tier's sweep: `maskunet sweep` in its own process (local Ray with its dashboard,
-Ray Tune + ASHA, every trial a 2-worker DeepSpeed Ray Train run) against the session's MLflow
+Ray Tune + ASHA, every trial a 2-worker Ray Train run) against the session's MLflow
 server, at the smallest size where ASHA has a decision to make: 2 trials, the second far
 worse at the first rung. The 4-trial sweep with an interruption and `--resume` is in
 test_sweep_run.py (`make test-long`)."""
@@ -15,8 +15,10 @@ pytestmark = pytest.mark.slow
 SWEEP = "test-sweep-asha"
 # A threshold of 0.9 drops most weights at the start (logit(0.9) = 2.2 is above the +2 bias);
 # it runs after 0.3 (one trial at a time), so at its first rung it meets a much better score.
-SETTINGS = ["train.steps=4", "train.log_every=2", "train.checkpoint_every=4", "train.eval.rows=8",
-            "data.deterministic=true", "tune.scheduler.grace_period=2", "tune.quick_eval_rows=4",
+# Trials on plain DDP (DeepSpeed trials: test_sweep_run.py), 2 steps, the rung after step 1.
+SETTINGS = ["train.steps=2", "train.log_every=1", "train.checkpoint_every=2", "train.eval.rows=4",
+            "train.deepspeed.enabled=false", "data.deterministic=true", "tune.scheduler.grace_period=1",
+            "tune.quick_eval_rows=4",
             "tune.num_samples=1", "tune.search_space={mask.threshold: {grid: [0.3, 0.9]}}"]
 
 
@@ -36,8 +38,8 @@ def test_asha_stops_the_worse_trial_at_its_first_rung(report):
     assert report["sweep"] == SWEEP and report["metric"] == "eval/masked_loss_overall"
     by_threshold = {t["config"]["mask.threshold"]: t for t in report["trials"]}
     assert set(by_threshold) == {0.3, 0.9}
-    assert by_threshold[0.3]["status"] == "completed" and by_threshold[0.3]["steps"] == 4
-    assert by_threshold[0.9]["status"] == "stopped_early" and by_threshold[0.9]["steps"] < 4, report["trials"]
+    assert by_threshold[0.3]["status"] == "completed" and by_threshold[0.3]["steps"] == 2
+    assert by_threshold[0.9]["status"] == "stopped_early" and by_threshold[0.9]["steps"] < 2, report["trials"]
     assert report["best"]["trial_id"] == by_threshold[0.3]["trial_id"]
 
 
