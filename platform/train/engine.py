@@ -23,7 +23,8 @@ def configure_worker_env(use_gpu: bool) -> None:
     directory may not exist on the cluster's nodes."""
     if not use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    # The CPU shm op JIT-builds once (30-45 s); keep it across runs and CI jobs.
+    # DeepSpeed JIT-builds any op it loads (e.g. its CPU Adam, if a job's `deepspeed.extra`
+    # asks for it) into this folder: keep the builds across runs and CI jobs.
     extensions = os.environ.get("TORCH_EXTENSIONS_DIR", TORCH_EXTENSIONS_DIR)
     os.environ["TORCH_EXTENSIONS_DIR"] = os.path.expanduser(extensions)
 

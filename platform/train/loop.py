@@ -73,12 +73,11 @@ def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return per_sample.detach(), timesteps, stepped
 
 
-def batches(job: JobConfig, shard=None) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless micro-batches from this worker's Ray Data shard (a new pass per epoch, reading
+def batches(job: JobConfig, shard) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless micro-batches from this worker's Ray Data `shard` (a new pass per epoch, reading
     the row groups in a new order), rows mixed in a local shuffle buffer (`data.shuffle_buffer`)."""
     from maskunet_platform.data.pipeline import local_shuffle_buffer
 
-    shard = shard or ray.train.get_dataset_shard("train")
     buffer = local_shuffle_buffer(job.data)
     while True:
         seen = 0

@@ -14,7 +14,7 @@ SECRET = "SuperSecret123"
 # Clipping off and a fixed row order, so the ZeRO-2 default run doubles as the DDP parity reference.
 PARITY = ["train.deepspeed.gradient_clipping=0", "data.deterministic=true", f"train.steps={DEFAULT_STEPS}"]
 
-# The DeepSpeed CPU shm op JIT-builds once (30-45 s); keep it across test sessions and CI runs.
+# Any DeepSpeed op a test's config loads JIT-builds once; keep the builds across test sessions.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.expanduser("~/.cache/maskunet/torch_extensions"))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
