@@ -11,7 +11,6 @@ from maskunet_platform.cli import main
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.long
 def test_pretrain_base_writes_a_loadable_seeded_base_and_tracks_the_run(ray_local, mlflow_server, tmp_path):
     from diffusers import StableDiffusionPipeline
     from mlflow import MlflowClient
