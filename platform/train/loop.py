@@ -115,8 +115,7 @@ class FirstBatchEarly:
         yield from self._batches
 
 
-def setup_worker(config: dict[str, Any]) -> Worker:
-    job = JobConfig.model_validate(config["job"])
+def setup_worker(config: dict[str, Any], job: JobConfig) -> Worker:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device() if job.train.use_gpu else torch.device("cpu")
@@ -147,8 +146,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point for `TorchTrainer(train_loop_per_worker=...)`; config = {"job": ..., "tracking": ...}."""
     configure_worker_env(config["job"]["train"]["use_gpu"])
     started = time.perf_counter()
-    data = FirstBatchEarly(JobConfig.model_validate(config["job"]))
-    w = setup_worker(config)
+    job = JobConfig.model_validate(config["job"])
+    data = FirstBatchEarly(job)
+    w = setup_worker(config, job)
     log.info("rank %d: set up in %.1fs", w.rank, time.perf_counter() - started)
     train = w.job.train
     step = resume_step = _restore(w)
