@@ -56,6 +56,10 @@ class BoardClient:
     def warning(self, text: str) -> None:
         self._send("event", "warning", {"text": text})
 
+    def phase(self, name: str) -> None:
+        """Training is over; the post-training work `name` begins (see BoardWatcher)."""
+        self._send("event", "phase", {"name": name})
+
     def stage(self, name: str, total: int) -> None:
         """Open the next counted stage (see StageBoardWatcher)."""
         self._send("event", "stage", {"name": name, "total": total})
@@ -132,21 +136,27 @@ class _BoardPoller:
 
 
 class BoardWatcher(_BoardPoller):
-    """Drives the `workers` and `training` stages of a Ray Train run."""
+    """Drives the `workers` and `training` stages of a Ray Train run, and the post-training
+    stage when rank 0 does that work (`post_training`: its stage, to be given its parts)."""
 
     def __init__(self, board, progress, total_steps: int):
         super().__init__(board, progress, "maskunet-train-progress")
         self.total_steps = total_steps
         self._workers = progress.start("start workers")
         self._training = None
+        self.post_training = None
         self.ready_events = 0
 
     def _stages(self) -> tuple:
-        return self._workers, self._training
+        return self._workers, self._training, self.post_training
 
     def _handle(self, kind: str, payload: dict) -> None:
         if kind == "ready":
             self._on_ready(payload)
+        elif kind == "phase" and self.post_training is None:
+            if self._training is not None:
+                self._training.done()
+            self.post_training = self.progress.start(payload["name"])
         elif kind == "step" and self._training is not None:
             fields = {k: payload.get(k) for k in ("loss", "sparsity", "images_per_s")}
             self._training.update(payload["step"], **fields)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import torch
 from PIL import Image, ImageOps
 
 log = logging.getLogger("maskunet.data")
@@ -137,6 +136,8 @@ def image_to_array(img: Image.Image, resolution: int, crop: str, flip: bool,
     ~0.01) at about half its cost. The CHW layout is a view of the uint8 pixels, and the
     result is written straight into `out` (e.g. a row of the preallocated batch).
     """
+    import torch  # here, not at import: Ray Train's controller imports this module only to plan the dataset
+
     x0, y0, side = crop_window(img.size, crop, rng)
     with warnings.catch_warnings():  # PIL's buffer is read-only; nothing here writes to it
         warnings.simplefilter("ignore", UserWarning)

@@ -15,6 +15,8 @@ A resuming rank downloads only what it reads (`download_for_rank`), not every ra
 Nothing is unpickled from storage: the generator loads from safetensors, and torch state
 files load with `weights_only=True` (DeepSpeed's own loader is switched to it, see below).
 """
+from __future__ import annotations
+
 import copy
 import json
 import logging
@@ -23,12 +25,13 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import pyarrow.fs as pafs
 import torch
 
-from maskunet import MaskGenerator
+if TYPE_CHECKING:  # diffusers' import costs seconds; Ray Train's controller imports this module
+    from maskunet import MaskGenerator
 from maskunet_platform.train.engine import Engine
 from maskunet_platform.train.rng import RNG_DIR, rng_file, save_rng_state
 

@@ -189,6 +189,8 @@ def build_engine(model: nn.Module, train: TrainSection, micro_batch: int, world_
 
     if not train.use_gpu:
         skip_cpu_shm_op(deepspeed)
+    if "optimizer" not in ds.extra:  # ours is a torch AdamW, never DeepSpeed's Muon
+        skip_muon_compile()
     ds_engine, ds_optimizer, _, ds_scheduler = deepspeed.initialize(
         model=model,
         model_parameters=trainable,
@@ -215,6 +217,33 @@ def skip_cpu_shm_op(deepspeed) -> None:
     compiler subprocesses, then JIT-builds the op (30-45 s, once per machine) or loads it.
     `__compatible_ops__` is the one table the comm backend consults (DeepSpeed 0.19)."""
     deepspeed.ops.__compatible_ops__ = {"deepspeed_shm_comm": False}
+
+
+MUON_MODULES = ("deepspeed.runtime.zero.muon.muon_optimizer", "deepspeed.runtime.zero.muon.original_muon")
+
+
+def skip_muon_compile() -> None:
+    """Answer DeepSpeed's "is this optimizer Muon?" checks without importing its Muon modules.
+
+    ZeRO's set-up and every optimizer step import `MuonWithAuxAdam` (for an isinstance check)
+    and `muon_update`, whatever the optimizer; importing those modules runs `torch.compile` on
+    their functions, which imports inductor: ~1.7 s of CPU per worker. With our AdamW the
+    checks must answer False, and a class nothing is an instance of does; the Muon functions
+    are never called, and fail loudly if they ever were (DeepSpeed 0.19)."""
+    import sys
+    import types
+
+    class MuonWithAuxAdam(torch.optim.Optimizer):
+        """Never instantiated."""
+
+    def not_muon(*args, **kwargs):
+        raise RuntimeError("DeepSpeed asked for its Muon optimizer, which this job does not use (engine.py)")
+
+    for name in MUON_MODULES:
+        if name not in sys.modules:
+            stand_in = types.ModuleType(name, "maskunet's stand-in: the job's optimizer is a torch AdamW")
+            stand_in.MuonWithAuxAdam, stand_in.muon_update, stand_in.adam_update = MuonWithAuxAdam, not_muon, not_muon
+            sys.modules[name] = stand_in
 
 
 def _ddp_engine(model, train, world_size, device, trainable, optimizer, scheduler) -> Engine:

@@ -9,7 +9,6 @@ from typing import Iterable
 
 import torch
 
-from maskunet import MaskedUNet, MaskGenerator
 from maskunet.training import diffusion_loss
 from maskunet_platform.train.base import FrozenBase, batch_inputs
 from maskunet_platform.train.metrics import bucket_names
@@ -67,6 +66,8 @@ def paired_eval(base: FrozenBase, generator, batches: Iterable[dict[str, torch.T
 
     `generator`: a MaskGenerator, or a baseline's switch module over `base.unet` (see
     train/methods.paired_switch) whose `masks_enabled` turns its tuned weights on and off."""
+    from maskunet import MaskedUNet, MaskGenerator  # here: unpickling an EvalResult needs no diffusers
+
     if isinstance(generator, MaskGenerator):  # generator stays fp32
         masked = MaskedUNet(base.unet, generator.to(base.unet.device).eval())
     else:

@@ -3,12 +3,12 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from maskunet import MaskGenerator
 from maskunet_platform.config import JobConfig
 from maskunet_platform.train.base import load_frozen_base, resolve_base
 from maskunet_platform.train.tracking import log_metrics
@@ -17,10 +17,6 @@ log = logging.getLogger(__name__)
 # MLflow artifact folder of the trained weights per train.method.
 ARTIFACT_NAMES = {"masks": "mask_generator", "lora": "lora", "full": "unet"}
 SUBJECT_REPORT = "subject_report.json"
-# The post-training task's timings as the closing summary names them.
-TASK_PARTS = {"start task": "start eval task", "eval": "evaluate"}
-
-
 def eval_batches(job: JobConfig, base_location: str, data_uri: Optional[str] = None, split: str = "holdout"):
     """Held-out batches in a stable order (the same rows for every evaluation)."""
     from maskunet_platform.data.pipeline import iter_local_batches
@@ -36,6 +32,7 @@ def run_paired_eval(job: JobConfig, base_location: str, generator_dir: str, data
     """Paired eval in this process (called inside the post-training task)."""
     from maskunet_platform.train.evaluate import paired_eval
 
+    from maskunet import MaskGenerator
     from maskunet.baselines import weights_kind
     from maskunet_platform.train.methods import paired_switch
 
@@ -48,24 +45,24 @@ def run_paired_eval(job: JobConfig, base_location: str, generator_dir: str, data
                        cfg.timestep_buckets, cfg.seed)
 
 
-def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional[str], progress=None) -> None:
-    """Fill `outcome.eval` (post-training task on the training resources), and with tracking on:
-    artifacts, eval metrics and a registered model version. `progress` gets the stages."""
+def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional[str], progress=None,
+                 post=None) -> None:
+    """Fill `outcome.eval` and with tracking on: artifacts, eval metrics and a registered model
+    version. `post`: the result rank 0 made after training (else a post-training task runs
+    now, on the training resources); `progress` gets the stages."""
     from maskunet_platform.console.progress import Progress
-    from maskunet_platform.train.post_training import GeneratorSource, run_post_training
+    from maskunet_platform.train.post_training import (GeneratorSource, post_training_request, post_training_stage,
+                                                       run_post_training, stage_parts)
 
     progress = progress or Progress()
     tracking = target is not None
     started = time.perf_counter()
-    samples = tracking and job.tracking.log_samples
-    shapes = " + shapes benchmark" if job.train.eval.shapes.prompts else ""
-    subject = job.data.subject is not None
-    shapes += " + subject report" if subject and job.data.subject.report.prompts else ""
-    with progress.stage("evaluate" + (" + samples" if samples else "") + shapes) as stage:
-        # A subject job holds nothing out: its paired eval reads the subject data itself.
-        post = run_post_training(job, GeneratorSource(checkpoint=checkpoint), split="all" if subject else "holdout",
-                                 heatmap=tracking and job.tracking.log_heatmap and job.train.method == "masks", samples=samples, shapes=True)
-        stage.parts = {TASK_PARTS.get(name, name): seconds for name, seconds in post.timings.items()}
+    subject, given = job.data.subject is not None, post is not None
+    if post is None:
+        with progress.stage(post_training_stage(job, tracking)) as stage:
+            request = post_training_request(job, tracking)
+            post = run_post_training(job, GeneratorSource(checkpoint=checkpoint), **asdict(request))
+            stage.parts = stage_parts(post)
     outcome.eval = post.eval.metrics()
     for report in (post.shapes, post.subject):
         if report is not None:
@@ -78,7 +75,8 @@ def finalize_run(job: JobConfig, outcome, target, checkpoint, job_yaml: Optional
         (report_dir / SUBJECT_REPORT.replace(".json", ".png")).write_bytes(post.subject.grid_png)
     outcome.post_training_where = post.where
     outcome.timings.update({f"{k} ({post.device})": v for k, v in post.timings.items() if k != "start task"})
-    outcome.timings["post_training_task"] = time.perf_counter() - started
+    # The post-training work's seconds: in rank 0 (its own timings), or this task's wall.
+    outcome.timings["post_training"] = sum(post.timings.values()) if given else time.perf_counter() - started
     if not tracking:
         return
     with progress.stage("MLflow log" + (" + register" if job.tracking.register_model else "")):

@@ -10,7 +10,6 @@ from typing import Optional
 import ray
 
 from maskunet_platform.config import JobConfig
-from maskunet_platform.train.base import resolve_base
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +25,7 @@ class TrainingOutcome:
     model_version: Optional[str] = None
     eval: Optional[dict] = None
     timings: dict = field(default_factory=dict)  # stage -> seconds
-    post_training_where: str = ""  # where evaluation and samples ran (a Ray task, not the driver)
+    post_training_where: str = ""  # where evaluation and samples ran (rank 0 or a Ray task, never the driver)
     action: str = "new"  # new | resume | extend | finished (see runs.py)
     why: str = ""  # what happened to the run and why, one sentence
     tracking_uri: Optional[str] = None
@@ -119,16 +118,17 @@ def storage_location(storage_path: str, endpoint_url: Optional[str] = None, crea
 
 
 def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_location: str, board=None,
-                  quick_eval: Optional[dict] = None, callbacks: tuple = ()):
+                  quick_eval: Optional[dict] = None, callbacks: tuple = (), post_training: Optional[dict] = None):
     """`quick_eval`: fixed held-out rows scored at every report; `callbacks`: Ray Train run
-    callbacks (a sweep's trial passes Tune's report callback)."""
+    callbacks (a sweep's trial passes Tune's report callback); `post_training`: what rank 0
+    does after the final checkpoint (see loop.train_loop_per_worker)."""
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from maskunet_platform.data.encode import trainer_gpu_share
     from maskunet_platform.data.pipeline import execution_options, open_source
     from maskunet_platform.data.stats import drop_counter
-    from maskunet_platform.train.loop import train_loop_per_worker
+    from maskunet_platform.train.entry import train_loop_per_worker
 
     train = job.train
     backend = train.backend if train.backend != "auto" else ("nccl" if train.use_gpu else "gloo")
@@ -145,7 +145,7 @@ def build_trainer(job: JobConfig, run_name: str, tracking: Optional[dict], base_
         train_loop_per_worker,
         train_loop_config={"job": job.model_dump(mode="json"), "tracking": tracking,
                            "drop_counter": drop_counter_name(run_name), "progress": board,
-                           "quick_eval": quick_eval},
+                           "quick_eval": quick_eval, "post_training": post_training},
         scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker=resources),
         torch_config=TorchConfig(backend=backend),
@@ -183,7 +183,6 @@ def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[
     from maskunet_platform.console.progress import Progress
     from maskunet_platform.train.base_check import check_base
     from maskunet_platform.train.runs import RunStorage, now, plan_run
-    from maskunet_platform.train.tracking import start_or_resume_run
 
     plan = plan or plan_run(job)
     if plan.action == "finished":
@@ -192,18 +191,15 @@ def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[
         check_base(job.model)
     live = progress is not None  # a console is watching: stream rank 0's steps to it
     progress = progress or Progress()
-    with progress.stage("start Ray"):
-        connect_ray(address, job)
+    target = _start_ray_and_tracking(job, address, plan, progress)
     with progress.stage("prepare base model"):
+        from maskunet_platform.train.base import resolve_base
+
         base_location = resolve_base(job.model)
     if job.data.subject is not None:  # a folder of subject images -> parquet the pipeline reads
         from maskunet_platform.subject.data import prepare_subject_job
 
         job = prepare_subject_job(job, base_location, progress)
-    target = None
-    if job.tracking.enabled:
-        with progress.stage("start MLflow run"):
-            target = start_or_resume_run(job, plan.run_name, plan.fingerprint, reopen=plan.action == "extend")
     storage = RunStorage(job)
     # A run keeps the fingerprint it was created with (an extension with more steps does not rename it).
     storage.write_record(plan.run_name, status="running", job=job.name,
@@ -228,31 +224,76 @@ def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[
     return outcome
 
 
+def _start_ray_and_tracking(job: JobConfig, address: Optional[str], plan, progress):
+    """Connect Ray and start (or resume) the MLflow run at the same time: both mostly wait
+    (on Ray's processes, on the store) and neither needs the other. Returns the tracking target."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from maskunet_platform.train.tracking import start_or_resume_run
+    from maskunet_platform.train.worker_env import check_cluster_tracking
+
+    if not job.tracking.enabled:
+        with progress.stage("start Ray"):
+            connect_ray(address, job)
+        return None
+    check_cluster_tracking(job, address or os.environ.get("RAY_ADDRESS"))  # before either starts
+    with progress.stage("start Ray + MLflow run") as stage, ThreadPoolExecutor(1, "maskunet-mlflow") as pool:
+        tracking = pool.submit(_timed, start_or_resume_run, job, plan.run_name, plan.fingerprint,
+                               reopen=plan.action == "extend")
+        try:
+            ray_seconds, _ = _timed(connect_ray, address, job)
+        except BaseException:
+            if tracking.exception() is None:  # the run exists: it failed before training began
+                _mark_failed(tracking.result()[1])
+            raise
+        mlflow_seconds, target = tracking.result()
+        stage.parts = {"start Ray": ray_seconds, "start MLflow run (meanwhile)": mlflow_seconds}
+    return target
+
+
+def _timed(fn, *args, **kwargs):
+    started = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return time.perf_counter() - started, value
+
+
 def _fit_and_finalize(job: JobConfig, run_name: str, target, base_location: str, job_yaml: Optional[str],
                       finalize: bool, progress, live: bool) -> TrainingOutcome:
-    """Fit (with `live`, rank 0's steps reach `progress` while fit() blocks), export, finalize."""
+    """Fit (with `live`, rank 0's steps reach `progress` while fit() blocks; with `finalize`,
+    rank 0 also evaluates the final weights), export, finalize."""
     from maskunet_platform.console.train_progress import BoardWatcher, ProgressBoard
     from maskunet_platform.data.stats import on_this_node
+    from maskunet_platform.train.post_training import (PostTrainingBox, rank0_post_training, stage_parts,
+                                                       take_post_training)
 
     with progress.stage("open data + build trainer"):
         board = ProgressBoard.options(**on_this_node()).remote() if live else None
-        trainer = build_trainer(job, run_name, asdict(target) if target else None, base_location, board)
+        box = PostTrainingBox.options(**on_this_node()).remote() if finalize else None
+        rank0 = rank0_post_training(job, target is not None, box) if finalize else None
+        trainer = build_trainer(job, run_name, asdict(target) if target else None, base_location, board,
+                                post_training=rank0)
     watcher = BoardWatcher(board, progress, job.train.steps).start() if board is not None else None
-    started, fitted = time.perf_counter(), False
+    started, fitted, post = time.perf_counter(), False, None
     try:
         result = trainer.fit()
         fitted = result.error is None
+        post = take_post_training(box) if fitted and box is not None else None
     finally:
-        if watcher is not None:
-            watcher.stop(ok=fitted)
-            ray.kill(board)
+        _stop_watching(watcher, board, fitted, post)
+        if box is not None:
+            ray.kill(box)
     fit_seconds = time.perf_counter() - started
     if result.error is not None:
         raise RuntimeError(f"training run {run_name!r} failed: {result.error}") from result.error
     if result.checkpoint is None:
         raise RuntimeError(f"training run {run_name!r} finished without a checkpoint")
+    if isinstance(post, str):
+        raise RuntimeError(f"training run {run_name!r}: post-training failed in the rank-0 worker: {post}")
     outcome = TrainingOutcome(run_name, result.checkpoint.path, "", dict(result.metrics or {}))
     outcome.timings["fit"] = fit_seconds
+    if post is not None and watcher is None:  # no console watching: record the stage rank 0 did
+        with progress.stage(rank0["stage"]) as done:
+            done.parts = stage_parts(post)
     with progress.stage("export generator"):
         outcome.generator_dir = str(export_final_generator(result.checkpoint, job, run_name))
     if target is not None:
@@ -260,8 +301,20 @@ def _fit_and_finalize(job: JobConfig, run_name: str, target, base_location: str,
     if finalize:
         from maskunet_platform.train.finalize import finalize_run
 
-        finalize_run(job, outcome, target, result.checkpoint, job_yaml, progress)
+        finalize_run(job, outcome, target, result.checkpoint, job_yaml, progress, post=post)
     return outcome
+
+
+def _stop_watching(watcher, board, fitted: bool, post) -> None:
+    """Close the console's stages (the post-training one with its parts) and drop the board."""
+    from maskunet_platform.train.post_training import stage_parts
+
+    if watcher is None:
+        return
+    if watcher.post_training is not None and post is not None and not isinstance(post, str):
+        watcher.post_training.parts = stage_parts(post)
+    watcher.stop(ok=fitted and not isinstance(post, str))
+    ray.kill(board)
 
 
 def _mark_failed(target) -> None:

@@ -1,9 +1,12 @@
 """The per-worker Ray Train function: frozen base + masked U-Net + engine, train, report, checkpoint."""
+import gc
 import logging
+import shutil
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import ray.train
@@ -14,7 +17,7 @@ from maskunet_platform.config import JobConfig
 from maskunet_platform.console.train_progress import BoardClient
 from maskunet_platform.data.stats import drop_metrics
 from maskunet_platform.train.base import DTYPES, FrozenBase, batch_inputs, load_frozen_base
-from maskunet_platform.train.checkpoint import (download_for_rank, restore_training_checkpoint,
+from maskunet_platform.train.checkpoint import (GENERATOR_DIR, download_for_rank, restore_training_checkpoint,
                                                  save_training_checkpoint)
 from maskunet_platform.train.engine import Engine, build_engine, configure_worker_env
 from maskunet_platform.train.recovery import checkpoint_dir_name, checkpoint_to_resume, mark_complete
@@ -143,19 +146,38 @@ def setup_worker(config: dict[str, Any], job: JobConfig) -> Worker:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Entry point for `TorchTrainer(train_loop_per_worker=...)`; config = {"job": ..., "tracking": ...}."""
+    """Entry point for `TorchTrainer(train_loop_per_worker=...)`; config = {"job": ..., "tracking": ...,
+    "post_training": {"request", "box", "stage"} when rank 0 does the run's post-training work}."""
     configure_worker_env(config["job"]["train"]["use_gpu"])
     started = time.perf_counter()
     job = JobConfig.model_validate(config["job"])
     data = FirstBatchEarly(job)
     w = setup_worker(config, job)
     log.info("rank %d: set up in %.1fs", w.rank, time.perf_counter() - started)
-    train = w.job.train
-    step = resume_step = _restore(w)
+    resume_step = _restore(w)
     w.board.ready(resume_step, time.perf_counter() - started)
     if resume_step:  # evidence of an exact continuation: the interrupted run logged the same values here
-        w.tracker.log_metrics(gather_per_rank({"rng/fingerprint": fingerprint(w.rng)}, w.rank, w.world_size), step)
+        w.tracker.log_metrics(gather_per_rank({"rng/fingerprint": fingerprint(w.rng)}, w.rank, w.world_size),
+                              resume_step)
+    post = config.get("post_training") if w.rank == 0 else None
+    with tempfile.TemporaryDirectory(prefix="maskunet-final-") as final:
+        trained = _train(w, config, data, resume_step, Path(final) / GENERATOR_DIR if post else None)
+        w.tracker.close()
+        if trained is not None:  # the final weights of this run: evaluate them here, now
+            from maskunet_platform.train.post_training import post_train_in_worker
+
+            _release_training_state(w)
+            w.board.phase(post["stage"])
+            post_train_in_worker(config["job"], post["request"], post["box"], str(trained))
+
+
+def _train(w: Worker, config: dict[str, Any], data, resume_step: int, keep_final: Optional[Path]) -> Optional[Path]:
+    """Steps from `resume_step` up to train.steps; returns `keep_final` once the final
+    checkpoint's weights were copied there (None when this call reported no final checkpoint)."""
+    train = w.job.train
+    step = resume_step
     window = MetricWindow(train.timestep_buckets, w.base.noise_scheduler.config.num_train_timesteps)
+    kept = None
     for batch in data:
         if step >= train.steps:
             break
@@ -175,8 +197,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window.reset()
         w.tracker.log_metrics(metrics, step)
         w.board.step(step, metrics)
-        _report(w, metrics, step, checkpoint=step % train.checkpoint_every == 0 or step == train.steps)
-    w.tracker.close()
+        kept = keep_final if step == train.steps else None
+        _report(w, metrics, step, checkpoint=step % train.checkpoint_every == 0 or step == train.steps, keep=kept)
+    return kept
+
+
+def _release_training_state(w: Worker) -> None:
+    """The engine, optimizer state and trained copy of the U-Net are not needed any more: free
+    them before the post-training work loads the base and the exported weights anew."""
+    w.engine = w.trainee = w.base = w.quick = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _step_metrics(w: Worker, step: int, resume_step: int) -> dict[str, float]:
@@ -196,12 +228,16 @@ def _step_metrics(w: Worker, step: int, resume_step: int) -> dict[str, float]:
     return metrics
 
 
-def _report(w: Worker, metrics: dict, step: int, checkpoint: bool) -> None:
+def _report(w: Worker, metrics: dict, step: int, checkpoint: bool, keep: Optional[Path] = None) -> None:
+    """Report this step's metrics, with a checkpoint when asked; `keep` (rank 0): where to copy
+    the checkpoint's exported weights."""
     if not checkpoint:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="maskunet-ckpt-") as local:
         save_training_checkpoint(w.engine, w.trainee, step, w.rank, w.world_size, local, rng=w.rng)
+        if keep is not None:
+            shutil.copytree(Path(local) / GENERATOR_DIR, keep)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(local),
                          checkpoint_dir_name=checkpoint_dir_name(step))
     mark_complete(step, w.rank)

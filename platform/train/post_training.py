@@ -1,11 +1,15 @@
-"""Post-training work as a Ray task on the training resources: paired held-out eval, the
-sparsity heatmap and the base-vs-masked sample grid.
+"""Post-training work on the training resources: paired held-out eval, the sparsity heatmap,
+the base-vs-masked sample grid, the shapes benchmark (and a subject job's report).
 
 Nothing heavy runs in the driver, which may be a laptop connected with `ray://` or a CPU
-head node: the task takes the resources of one training worker (a GPU when training used
-GPUs), loads the base itself (where the workers load it) in the training precision with the
-mask generator in fp32, and returns the metrics and PNG bytes.
+head node. A training run does it in its rank-0 worker once the final checkpoint is reported
+(its imports are done and its device is free: no new process to start) and hands the result
+to the driver through a `PostTrainingBox`; anything else (a sweep trial, `maskunet eval`,
+`compare`, a run whose worker had nothing left to train) runs it as a Ray task with one
+training worker's resources. Either way the base is loaded anew (where the workers load it)
+in the training precision with the mask generator in fp32.
 """
+import logging
 import os
 import tempfile
 import time
@@ -19,6 +23,8 @@ import torch
 from maskunet_platform.config import JobConfig
 from maskunet_platform.train.evaluate import EvalResult
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class GeneratorSource:
@@ -27,6 +33,7 @@ class GeneratorSource:
 
     checkpoint: Any = None  # ray.train.Checkpoint
     files: Optional[dict[str, bytes]] = None
+    folder: Optional[str] = None  # a folder on the node the work runs on (used in place)
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "GeneratorSource":
@@ -40,6 +47,8 @@ class GeneratorSource:
         return cls(files={p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()})
 
     def materialize(self, dest: Path) -> Path:
+        if self.folder is not None:
+            return Path(self.folder)
         if self.checkpoint is not None:
             from maskunet_platform.train.checkpoint import download_generator
 
@@ -60,6 +69,86 @@ class PostTrainingResult:
     device: str = "cpu"
     where: str = ""  # node and process the task ran in
     timings: dict = field(default_factory=dict)  # stage -> seconds, measured in the task
+
+
+@dataclass(frozen=True)
+class PostTrainingRequest:
+    """What the post-training work of a run includes."""
+
+    split: str = "holdout"
+    heatmap: bool = False
+    samples: bool = False
+    shapes: bool = False
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class PostTrainingBox:
+    """Rank 0's post-training result (or the error that stopped it) for the driver, pickled:
+    the box never imports the result's classes (torch, diffusers: seconds of CPU)."""
+
+    def __init__(self):
+        self._pickled: Optional[bytes] = None
+
+    def put(self, pickled: bytes) -> None:
+        self._pickled = pickled
+
+    def take(self) -> Optional[bytes]:
+        return self._pickled
+
+
+def take_post_training(box) -> Any:
+    """The driver's side of the box: a PostTrainingResult, an error (str), or None if rank 0 put nothing."""
+    from ray import cloudpickle
+
+    pickled = ray.get(box.take.remote())
+    return None if pickled is None else cloudpickle.loads(pickled)
+
+
+# The post-training work's timings as the closing summary names them.
+TASK_PARTS = {"start task": "start eval task", "eval": "evaluate"}
+
+
+def stage_parts(post: PostTrainingResult) -> dict[str, float]:
+    return {TASK_PARTS.get(name, name): seconds for name, seconds in post.timings.items()}
+
+
+def post_training_request(job: JobConfig, tracking: bool) -> PostTrainingRequest:
+    """What a finished run evaluates and renders (heatmap and samples only go to MLflow)."""
+    subject = job.data.subject is not None
+    # A subject job holds nothing out: its paired eval reads the subject data itself.
+    return PostTrainingRequest(split="all" if subject else "holdout", shapes=True,
+                               heatmap=tracking and job.tracking.log_heatmap and job.train.method == "masks",
+                               samples=tracking and job.tracking.log_samples)
+
+
+def post_training_stage(job: JobConfig, tracking: bool) -> str:
+    """The console stage's name: what the post-training work does for this job."""
+    samples = tracking and job.tracking.log_samples
+    name = "evaluate" + (" + samples" if samples else "")
+    name += " + shapes benchmark" if job.train.eval.shapes.prompts else ""
+    subject = job.data.subject
+    return name + (" + subject report" if subject is not None and subject.report.prompts else "")
+
+
+def rank0_post_training(job: JobConfig, tracking: bool, box) -> dict:
+    """`train_loop_config["post_training"]`: what rank 0 does after the final checkpoint, the
+    console stage it opens, and the box its result goes to."""
+    return {"request": post_training_request(job, tracking), "stage": post_training_stage(job, tracking), "box": box}
+
+
+def post_train_in_worker(job_data: dict, request: PostTrainingRequest, box, generator_dir: str) -> None:
+    """Rank 0, after the final checkpoint: the post-training work in this process, into `box`.
+    A failure goes to the driver as text (it fails the run there), never restarting training."""
+    try:
+        result: Any = _post_training(job_data, GeneratorSource(folder=generator_dir), None, request.split,
+                                     request.heatmap, request.samples, request.shapes)
+        result.where = f"rank-0 training worker, {result.where}"
+    except Exception as e:  # noqa: BLE001 - reported by the driver, which marks the run failed
+        log.exception("post-training failed")
+        result = f"{type(e).__name__}: {e}"
+    from ray import cloudpickle
+
+    ray.get(box.put.remote(cloudpickle.dumps(result)))
 
 
 def task_resources(job: JobConfig) -> dict:
@@ -100,7 +189,9 @@ def _post_training(job_data: dict, generator: GeneratorSource, data_uri: Optiona
         where = f"node {ray.get_runtime_context().get_node_id()[:12]} pid {os.getpid()}"
         out = PostTrainingResult(result, device=device, where=where, timings=timings)
         if heatmap:
+            started = time.perf_counter()
             out.heatmap_png = sparsity_heatmap_png(result, tmp / "heatmap.png").read_bytes()
+            timings["heatmap"] = time.perf_counter() - started
         if samples:
             started = time.perf_counter()
             s = job.train.samples

@@ -7,7 +7,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from maskunet_platform.bench.shapes.detector import CellDetection, Detection, detect
-from maskunet_platform.bench.shapes.features import image_features, kid
+from maskunet_platform.bench.shapes.features import image_features, kid, measure_reference_scaling, reference_scaling
 from maskunet_platform.bench.shapes.generate import generate_images, image_grid, items
 from maskunet_platform.bench.shapes.prompts import BenchPrompt, benchmark_prompts, one_shape_pool, real_images
 from maskunet_platform.bench.shapes.scoring import (
@@ -119,6 +119,14 @@ def test_t_quantiles_and_paired_differences():
     assert paired_difference(half, zeros)["colour"]["mean"] == -0.5
     with pytest.raises(ValueError):
         paired_difference(zeros, half[:3])
+
+
+def test_shipped_feature_scaling_is_what_the_real_images_measure():
+    # Regenerate with features.write_reference_scaling after changing the features or the real images.
+    shipped, measured = reference_scaling(), measure_reference_scaling()
+    for name, a, b in zip(("mean", "scale"), shipped, measured):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12, err_msg=name)
+    assert (shipped[1] > 0).all()
 
 
 def test_kid_is_near_zero_for_real_images_and_large_for_noise(prompts):

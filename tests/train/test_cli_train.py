@@ -49,14 +49,16 @@ def test_train_prints_plain_progress_and_a_summary(first_run, cli_job):
     assert steps == ["2/4", "4/4"]
     assert "loss " in out and "img/s" in out and "sparsity " in out
     assert "shapes bench:" in out and "masked - base (paired)" in out  # the benchmark's table
-    for stage in ("start Ray done", "start MLflow run done", "start workers done", "evaluate + shapes benchmark done",
+    for stage in ("start Ray + MLflow run done", "start workers done", "evaluate + shapes benchmark done",
                   "MLflow log + register done"):
         assert stage in out, stage
-    # The closing summary's time per stage splits the remote work into its parts.
+    # The closing summary's time per stage splits the remote work into its parts; rank 0
+    # evaluates after training, so no evaluation task is started.
     timed = summary_value(out, "time")
-    for part in ("start Ray", "start workers", "worker set-up", "training", "start eval task", "evaluate",
-                 "shapes benchmark", "MLflow log + register"):
+    for part in ("start Ray", "start MLflow run (meanwhile)", "start workers", "worker set-up", "training",
+                 "evaluate", "shapes benchmark", "MLflow log + register"):
         assert f"{part} " in timed, (part, timed)
+    assert "start eval task" not in timed
     run_name = summary_value(out, "what happened").split()[2]
     assert out.count("\n") <= 60 and f"maskunet train: run {run_name} trained (new run)" in out
     run_id = summary_value(out, "mlflow run").split()[0]

@@ -42,12 +42,13 @@ def test_training_reports_the_shapes_benchmark_paired(default_run):
     assert "shapes benchmark (cpu)" in outcome.timings
 
 
-def test_evaluation_and_samples_ran_in_a_ray_task_not_the_driver(default_run):
+def test_evaluation_and_samples_ran_in_the_rank0_worker_not_the_driver(default_run):
     import os
 
     _, outcome = default_run
-    assert outcome.post_training_where and f"pid {os.getpid()}" not in outcome.post_training_where
-    assert {"eval (cpu)", "samples (cpu)", "post_training_task"} <= set(outcome.timings)
+    assert outcome.post_training_where.startswith("rank-0 training worker, node ")
+    assert f"pid {os.getpid()}" not in outcome.post_training_where
+    assert {"eval (cpu)", "samples (cpu)", "post_training"} <= set(outcome.timings)
 
 
 def test_mlflow_run_params_metrics_artifacts(default_run, client):

@@ -129,3 +129,54 @@ def test_rows_trained_at_newest_complete_checkpoint(tmp_path, make_job):
         for rank in range(ranks):
             (folder / f".complete_rank{rank:05d}").write_text("ok")
     assert rows_trained_at_newest_checkpoint(job, "rows", storage) == 10 * 4 * 2 * 2
+
+
+ZERO2_STEPS = """
+import os, sys, torch, torch.distributed as dist
+os.environ.update(DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1",
+                  LOCAL_RANK="0")
+dist.init_process_group("gloo")
+from maskunet_platform.config import load_job
+from maskunet_platform.train.engine import build_engine
+job = load_job(sys.argv[2], [])
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+before = [p.detach().clone() for p in model.parameters()]
+engine = build_engine(model, job.train, 2, 1, torch.device("cpu"))
+applied = []
+for _ in range(3):
+    engine.backward(engine.forward_module(torch.randn(2, 8)).square().mean())
+    applied.append(engine.step())
+moved = all(not torch.equal(a, p.detach()) for a, p in zip(before, model.parameters()))
+print(engine.kind, all(applied), moved, "torch._inductor.compile_fx" in sys.modules)
+"""
+
+
+def test_zero2_steps_without_importing_deepspeeds_muon(tmp_path):
+    # DeepSpeed's Muon modules torch.compile at import (inductor: seconds per worker); the
+    # engine stands in for them, and ZeRO-2 still applies every step to every parameter.
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    done = subprocess.run([sys.executable, "-c", ZERO2_STEPS, port, str(LOCAL_JOB)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-4:] == ["deepspeed", "True", "True", "False"], done.stdout[-2000:]
+
+
+def test_rank0_post_training_failure_reaches_the_driver_as_one_line(ray_local, make_job, tmp_path):
+    # Rank 0 never raises out of its post-training work (that would restart training): the
+    # error goes through the box, and the driver fails the run with it.
+    from maskunet_platform.train.post_training import (PostTrainingBox, PostTrainingRequest, post_train_in_worker,
+                                                       take_post_training)
+
+    box = PostTrainingBox.remote()
+    job = make_job("post-fails")
+    post_train_in_worker(job.model_dump(mode="json"), PostTrainingRequest(), box, str(tmp_path / "no-weights"))
+    error = take_post_training(box)
+    assert isinstance(error, str) and str(tmp_path / "no-weights") in error, error
+    assert error.startswith(("ValueError: ", "FileNotFoundError: ")), error

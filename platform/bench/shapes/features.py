@@ -25,7 +25,7 @@ slightly negative, for two samples of one distribution) and usable with few imag
 """
 from __future__ import annotations
 
-import functools
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -103,9 +103,17 @@ def raw_features(images) -> np.ndarray:
     return np.stack([_one(im) for im in images])
 
 
-@functools.lru_cache(maxsize=1)
 def reference_scaling() -> tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) per feature, measured once on fixed real images.
+    """(mean, scale) per feature, as `measure_reference_scaling` measures them, shipped in
+    reference_scaling.py (measuring takes seconds in every process that scores images; a
+    test checks the shipped values against a fresh measurement)."""
+    from maskunet_platform.bench.shapes.reference_scaling import MEAN, SCALE
+
+    return np.asarray(MEAN), np.asarray(SCALE)
+
+
+def measure_reference_scaling() -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) per feature, measured on fixed real images.
 
     The blocks have very different natural ranges (a colour histogram vs gradient sizes);
     without a common scale the kernel would see only the largest. Each block is divided by
@@ -118,6 +126,18 @@ def reference_scaling() -> tuple[np.ndarray, np.ndarray]:
     for block in BLOCKS:
         scale[block] = max(float(np.sqrt(feats[:, block].var(axis=0).mean())), 1e-6)
     return mean, scale
+
+
+def write_reference_scaling(path: str) -> None:
+    """Measure and write reference_scaling.py (after a change to the features or the real images)."""
+    mean, scale = measure_reference_scaling()
+    values = {"MEAN": mean, "SCALE": scale}
+    body = "".join(f"{name} = [\n" + "".join(f"    {float(v)!r},\n" for v in vector) + "]\n"
+                   for name, vector in values.items())
+    header = ('"""Feature scaling measured on the fixed real images (features.measure_reference_scaling).\n\n'
+              'Generated: python -c "from maskunet_platform.bench.shapes.features import write_reference_scaling; '
+              'write_reference_scaling(\'platform/bench/shapes/reference_scaling.py\')"\n"""\n')
+    Path(path).write_text(header + body)
 
 
 def image_features(images) -> np.ndarray:
