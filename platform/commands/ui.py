@@ -99,14 +99,17 @@ def _wait_until_up(server: subprocess.Popen, url: str, session: Session, timeout
 
 
 def _wait(server: subprocess.Popen, session: Session) -> None:
-    """Until the server exits or this process is interrupted (Ctrl-C) or terminated."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    """Until the server exits or this process is interrupted (Ctrl-C) or terminated. Both
+    handlers are set here: a process started in the background by a shell inherits SIGINT
+    ignored, and Python then never raises KeyboardInterrupt for it."""
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.wait()
     except KeyboardInterrupt:
         session.out.write("stopping the MLflow UI\n")
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum, frame) -> None:
