@@ -191,15 +191,20 @@ def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[
         check_base(job.model)
     live = progress is not None  # a console is watching: stream rank 0's steps to it
     progress = progress or Progress()
-    target = _start_ray_and_tracking(job, address, plan, progress)
+    subject = job.data.subject is not None  # its MLflow run records the prepared data: started after it
+    target = _start_ray_and_tracking(job, address, plan, progress, tracking=not subject)
     with progress.stage("prepare base model"):
         from maskunet_platform.train.base import resolve_base
 
         base_location = resolve_base(job.model)
-    if job.data.subject is not None:  # a folder of subject images -> parquet the pipeline reads
+    if subject:  # a folder of subject images -> parquet the pipeline reads
         from maskunet_platform.subject.data import prepare_subject_job
+        from maskunet_platform.train.tracking import start_or_resume_run
 
         job = prepare_subject_job(job, base_location, progress)
+        if job.tracking.enabled:
+            with progress.stage("start MLflow run"):
+                target = start_or_resume_run(job, plan.run_name, plan.fingerprint, reopen=plan.action == "extend")
     storage = RunStorage(job)
     # A run keeps the fingerprint it was created with (an extension with more steps does not rename it).
     storage.write_record(plan.run_name, status="running", job=job.name,
@@ -224,15 +229,16 @@ def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[
     return outcome
 
 
-def _start_ray_and_tracking(job: JobConfig, address: Optional[str], plan, progress):
-    """Connect Ray and start (or resume) the MLflow run at the same time: both mostly wait
-    (on Ray's processes, on the store) and neither needs the other. Returns the tracking target."""
+def _start_ray_and_tracking(job: JobConfig, address: Optional[str], plan, progress, tracking: bool = True):
+    """Connect Ray and (with `tracking` and tracking enabled) start or resume the MLflow run at
+    the same time: both mostly wait (on Ray's processes, on the store) and neither needs the
+    other. Returns the tracking target, or None."""
     from concurrent.futures import ThreadPoolExecutor
 
     from maskunet_platform.train.tracking import start_or_resume_run
     from maskunet_platform.train.worker_env import check_cluster_tracking
 
-    if not job.tracking.enabled:
+    if not (tracking and job.tracking.enabled):
         with progress.stage("start Ray"):
             connect_ray(address, job)
         return None

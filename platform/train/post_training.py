@@ -97,10 +97,15 @@ class PostTrainingBox:
 
 
 def take_post_training(box) -> Any:
-    """The driver's side of the box: a PostTrainingResult, an error (str), or None if rank 0 put nothing."""
+    """The driver's side of the box: a PostTrainingResult, an error (str), or None if rank 0 put
+    nothing or the box was lost (then the caller runs the post-training task)."""
     from ray import cloudpickle
 
-    pickled = ray.get(box.take.remote())
+    try:
+        pickled = ray.get(box.take.remote())
+    except ray.exceptions.RayActorError as e:  # e.g. its node was lost: nothing to take
+        log.warning("post-training box unavailable (%s); evaluating in a task", e)
+        return None
     return None if pickled is None else cloudpickle.loads(pickled)
 
 
@@ -148,7 +153,10 @@ def post_train_in_worker(job_data: dict, request: PostTrainingRequest, box, gene
         result = f"{type(e).__name__}: {e}"
     from ray import cloudpickle
 
-    ray.get(box.put.remote(cloudpickle.dumps(result)))
+    try:
+        ray.get(box.put.remote(cloudpickle.dumps(result)))
+    except ray.exceptions.RayActorError as e:  # the box's node is gone: the driver runs the task instead
+        log.warning("post-training result not delivered (%s); the driver will evaluate in a task", e)
 
 
 def task_resources(job: JobConfig) -> dict:
