@@ -17,6 +17,7 @@ from maskunet_platform.commands.serve import serve_command
 from maskunet_platform.commands.train import evaluate, train
 from maskunet_platform.commands.ui import ui
 from maskunet_platform.console.errors import MaskunetGroup
+from maskunet_platform.console.exit import exit_without_teardown
 
 
 @click.group(cls=MaskunetGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,5 +45,18 @@ main.add_command(submit)
 main.add_command(jobs)
 main.add_command(infra)
 
+
+
+def run() -> None:
+    """The `maskunet` program (console script and `python -m maskunet_platform.cli`): the
+    command group, then an exit without interpreter teardown (console/exit.py). Tests call
+    `main` in-process instead, which only raises SystemExit."""
+    try:
+        main()
+    except SystemExit as done:
+        exit_without_teardown(done.code)
+    exit_without_teardown(0)
+
+
 if __name__ == "__main__":
-    main()
+    run()
