@@ -269,25 +269,24 @@ def _fit_and_finalize(job: JobConfig, run_name: str, target, base_location: str,
     rank 0 also evaluates the final weights), export, finalize."""
     from maskunet_platform.console.train_progress import BoardWatcher, ProgressBoard
     from maskunet_platform.data.stats import on_this_node
-    from maskunet_platform.train.post_training import (PostTrainingBox, rank0_post_training, stage_parts,
-                                                       take_post_training)
+    from maskunet_platform.train.post_training import rank0_post_training, stage_parts, take_post_training
 
     with progress.stage("open data + build trainer"):
-        board = ProgressBoard.options(**on_this_node()).remote() if live else None
-        box = PostTrainingBox.options(**on_this_node()).remote() if finalize else None
-        rank0 = rank0_post_training(job, target is not None, box) if finalize else None
-        trainer = build_trainer(job, run_name, asdict(target) if target else None, base_location, board,
-                                post_training=rank0)
-    watcher = BoardWatcher(board, progress, job.train.steps).start() if board is not None else None
+        # Rank 0's channel to the driver: its steps (`live`) and its post-training result (`finalize`).
+        board = ProgressBoard.options(**on_this_node()).remote() if live or finalize else None
+        rank0 = rank0_post_training(job, target is not None, board) if finalize else None
+        trainer = build_trainer(job, run_name, asdict(target) if target else None, base_location,
+                                board if live else None, post_training=rank0)
+    watcher = BoardWatcher(board, progress, job.train.steps).start() if live else None
     started, fitted, post = time.perf_counter(), False, None
     try:
         result = trainer.fit()
         fitted = result.error is None
-        post = take_post_training(box) if fitted and box is not None else None
+        post = take_post_training(board) if fitted and finalize else None
     finally:
-        _stop_watching(watcher, board, fitted, post)
-        if box is not None:
-            ray.kill(box)
+        _stop_watching(watcher, fitted, post)
+        if board is not None:
+            ray.kill(board)
     fit_seconds = time.perf_counter() - started
     if result.error is not None:
         raise RuntimeError(f"training run {run_name!r} failed: {result.error}") from result.error
@@ -311,8 +310,8 @@ def _fit_and_finalize(job: JobConfig, run_name: str, target, base_location: str,
     return outcome
 
 
-def _stop_watching(watcher, board, fitted: bool, post) -> None:
-    """Close the console's stages (the post-training one with its parts) and drop the board."""
+def _stop_watching(watcher, fitted: bool, post) -> None:
+    """Close the console's stages (the post-training one with its parts)."""
     from maskunet_platform.train.post_training import stage_parts
 
     if watcher is None:
@@ -320,7 +319,6 @@ def _stop_watching(watcher, board, fitted: bool, post) -> None:
     if watcher.post_training is not None and post is not None and not isinstance(post, str):
         watcher.post_training.parts = stage_parts(post)
     watcher.stop(ok=fitted and not isinstance(post, str))
-    ray.kill(board)
 
 
 def _mark_failed(target) -> None:

@@ -147,7 +147,7 @@ def setup_worker(config: dict[str, Any], job: JobConfig) -> Worker:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point for `TorchTrainer(train_loop_per_worker=...)`; config = {"job": ..., "tracking": ...,
-    "post_training": {"request", "box", "stage"} when rank 0 does the run's post-training work}."""
+    "post_training": {"request", "board", "stage"} when rank 0 does the run's post-training work}."""
     configure_worker_env(config["job"]["train"]["use_gpu"])
     started = time.perf_counter()
     job = JobConfig.model_validate(config["job"])
@@ -168,7 +168,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
             _release_training_state(w)
             w.board.phase(post["stage"])
-            post_train_in_worker(config["job"], post["request"], post["box"], str(trained))
+            post_train_in_worker(config["job"], post["request"], post["board"], str(trained))
 
 
 def _train(w: Worker, config: dict[str, Any], data, resume_step: int, keep_final: Optional[Path]) -> Optional[Path]:

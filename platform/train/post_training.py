@@ -4,7 +4,7 @@ the base-vs-masked sample grid, the shapes benchmark (and a subject job's report
 Nothing heavy runs in the driver, which may be a laptop connected with `ray://` or a CPU
 head node. A training run does it in its rank-0 worker once the final checkpoint is reported
 (its imports are done and its device is free: no new process to start) and hands the result
-to the driver through a `PostTrainingBox`; anything else (a sweep trial, `maskunet eval`,
+to the driver through the run's progress board; anything else (a sweep trial, `maskunet eval`,
 `compare`, a run whose worker had nothing left to train) runs it as a Ray task with one
 training worker's resources. Either way the base is loaded anew (where the workers load it)
 in the training precision with the mask generator in fp32.
@@ -81,30 +81,16 @@ class PostTrainingRequest:
     shapes: bool = False
 
 
-@ray.remote(num_cpus=0, max_restarts=0)
-class PostTrainingBox:
-    """Rank 0's post-training result (or the error that stopped it) for the driver, pickled:
-    the box never imports the result's classes (torch, diffusers: seconds of CPU)."""
-
-    def __init__(self):
-        self._pickled: Optional[bytes] = None
-
-    def put(self, pickled: bytes) -> None:
-        self._pickled = pickled
-
-    def take(self) -> Optional[bytes]:
-        return self._pickled
-
-
-def take_post_training(box) -> Any:
-    """The driver's side of the box: a PostTrainingResult, an error (str), or None if rank 0 put
-    nothing or the box was lost (then the caller runs the post-training task)."""
+def take_post_training(board) -> Any:
+    """The driver's side (board: console.train_progress.ProgressBoard): a PostTrainingResult, an
+    error (str), or None if rank 0 put nothing or the board was lost (then the caller runs the
+    post-training task)."""
     from ray import cloudpickle
 
     try:
-        pickled = ray.get(box.take.remote())
+        pickled = ray.get(board.take_result.remote())
     except ray.exceptions.RayActorError as e:  # e.g. its node was lost: nothing to take
-        log.warning("post-training box unavailable (%s); evaluating in a task", e)
+        log.warning("progress board unavailable (%s); evaluating in a task", e)
         return None
     # In-cluster bytes rank 0 made moments ago, the same trust and format as any Ray task's return
     # value (which ray.get unpickles); nothing here is ever read from storage.
@@ -137,14 +123,16 @@ def post_training_stage(job: JobConfig, tracking: bool) -> str:
     return name + (" + subject report" if subject is not None and subject.report.prompts else "")
 
 
-def rank0_post_training(job: JobConfig, tracking: bool, box) -> dict:
+def rank0_post_training(job: JobConfig, tracking: bool, board) -> dict:
     """`train_loop_config["post_training"]`: what rank 0 does after the final checkpoint, the
-    console stage it opens, and the box its result goes to."""
-    return {"request": post_training_request(job, tracking), "stage": post_training_stage(job, tracking), "box": box}
+    console stage it opens, and the board its result goes to."""
+    return {"request": post_training_request(job, tracking), "stage": post_training_stage(job, tracking),
+            "board": board}
 
 
-def post_train_in_worker(job_data: dict, request: PostTrainingRequest, box, generator_dir: str) -> None:
-    """Rank 0, after the final checkpoint: the post-training work in this process, into `box`.
+def post_train_in_worker(job_data: dict, request: PostTrainingRequest, board, generator_dir: str) -> None:
+    """Rank 0, after the final checkpoint: the post-training work in this process, its result
+    put on the driver's progress `board`.
     A failure goes to the driver as text (it fails the run there), never restarting training."""
     try:
         result: Any = _post_training(job_data, GeneratorSource(folder=generator_dir), None, request.split,
@@ -156,8 +144,8 @@ def post_train_in_worker(job_data: dict, request: PostTrainingRequest, box, gene
     from ray import cloudpickle
 
     try:
-        ray.get(box.put.remote(cloudpickle.dumps(result)))
-    except ray.exceptions.RayActorError as e:  # the box's node is gone: the driver runs the task instead
+        ray.get(board.put_result.remote(cloudpickle.dumps(result)))
+    except ray.exceptions.RayActorError as e:  # the board's node is gone: the driver runs the task instead
         log.warning("post-training result not delivered (%s); the driver will evaluate in a task", e)
 
 

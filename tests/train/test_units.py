@@ -170,13 +170,13 @@ def test_zero2_steps_without_importing_deepspeeds_muon(tmp_path):
 
 def test_rank0_post_training_failure_reaches_the_driver_as_one_line(ray_local, make_job, tmp_path):
     # Rank 0 never raises out of its post-training work (that would restart training): the
-    # error goes through the box, and the driver fails the run with it.
-    from maskunet_platform.train.post_training import (PostTrainingBox, PostTrainingRequest, post_train_in_worker,
-                                                       take_post_training)
+    # error goes through the progress board, and the driver fails the run with it.
+    from maskunet_platform.console.train_progress import ProgressBoard
+    from maskunet_platform.train.post_training import PostTrainingRequest, post_train_in_worker, take_post_training
 
-    box = PostTrainingBox.remote()
+    board = ProgressBoard.remote()
     job = make_job("post-fails")
-    post_train_in_worker(job.model_dump(mode="json"), PostTrainingRequest(), box, str(tmp_path / "no-weights"))
-    error = take_post_training(box)
+    post_train_in_worker(job.model_dump(mode="json"), PostTrainingRequest(), board, str(tmp_path / "no-weights"))
+    error = take_post_training(board)
     assert isinstance(error, str) and str(tmp_path / "no-weights") in error, error
     assert error.startswith(("ValueError: ", "FileNotFoundError: ")), error
