@@ -9,6 +9,7 @@ accepts besides a mask-generator folder):
     full  DIR/config.json + diffusion_pytorch_model.safetensors   a diffusers UNet2DConditionModel folder
 """
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -19,6 +20,28 @@ from maskunet.layers import select_layers
 LORA_FILE = "pytorch_lora_weights.safetensors"
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
 ADAPTER = "default"
+
+
+# Where a training run puts its trained weights, per method: <export_dir>/<run>/<folder>.
+EXPORT_FOLDERS = {"masks": "generator", "lora": "lora", "full": "unet"}
+KIND_NAMES = {"masks": "mask generator", "lora": "LoRA", "full": "fine-tuned U-Net"}
+
+
+def find_weights(folder: str | Path) -> tuple[str, Path]:
+    """(kind, weights folder) for trained weights of any method: a weights folder itself, or a
+    training run's export folder `<export_dir>/<run>/` holding one of generator/, lora/, unet/."""
+    folder = Path(folder).expanduser()
+    try:
+        return weights_kind(folder), folder
+    except ValueError as not_weights:
+        inside = [folder / name for name in EXPORT_FOLDERS.values() if (folder / name).is_dir()]
+        if not inside:
+            raise ValueError(f"{not_weights}, nor a run's export folder with "
+                             f"{', '.join(n + '/' for n in EXPORT_FOLDERS.values())}") from None
+    if len(inside) > 1:
+        raise ValueError(f"{folder} holds the weights of several runs' methods ({', '.join(p.name for p in inside)}): "
+                         "pass one of those folders")
+    return weights_kind(inside[0]), inside[0]
 
 
 def weights_kind(folder: str | Path) -> str:
@@ -35,6 +58,65 @@ def weights_kind(folder: str | Path) -> str:
     if name == "MaskGenerator":
         return "masks"
     raise ValueError(f"{folder}/config.json describes a {name!r}, not a MaskGenerator or UNet2DConditionModel")
+
+
+def check_fits_base(kind: str, folder: str | Path, base_unet: str | Path) -> None:
+    """ValueError naming the first mismatch between trained weights of `kind` and the base U-Net
+    in `base_unet` (a diffusers U-Net folder). Reads only configs and safetensors headers: no
+    weights are loaded, so a command can refuse a mismatched export before it starts anything.
+    Nothing to check for a base that is not a local folder with one safetensors file (a hub id)."""
+    base_file = Path(base_unet) / UNET_WEIGHTS
+    if not base_file.exists():
+        return
+    base = _tensor_shapes(base_file)
+    if kind == "masks":  # the generator's config lists each masked layer as [name, out_features, fan_in]
+        pairs = []
+        for block in json.loads((Path(folder) / "config.json").read_text())["blocks"]:
+            for name, out_features, fan_in in block["layers"]:
+                shape = _base_weight(base, name, f"the mask generator in {folder} masks", base_unet)
+                pairs += [(f"{name} (out features)", out_features, shape[0]),
+                          (f"{name} (fan-in)", fan_in, math.prod(shape[1:]))]
+        _first_shape_mismatch(folder, base_unet, pairs)
+        return
+    if kind == "full":
+        tuned = _tensor_shapes(Path(folder) / UNET_WEIGHTS)
+        missing, extra = sorted(base.keys() - tuned.keys()), sorted(tuned.keys() - base.keys())
+        if missing or extra:
+            raise ValueError(f"the U-Net in {folder} is not the base's architecture ({base_unet}): "
+                             + (f"it lacks {len(missing)} of the base's weights, e.g. {missing[0]}" if missing
+                                else f"it has {len(extra)} weights the base lacks, e.g. {extra[0]}"))
+        _first_shape_mismatch(folder, base_unet, ((k, tuned[k], base[k]) for k in sorted(base)))
+        return
+    pairs = []
+    for key, shape in sorted(_tensor_shapes(Path(folder) / LORA_FILE).items()):
+        module, _, part = key.removeprefix("unet.").rpartition(".lora_")
+        target = _base_weight(base, module, f"the LoRA in {folder} adapts", base_unet)
+        # lora_A: (rank, in_features), lora_B: (out_features, rank) of the adapted layer's weight.
+        index = 1 if part.startswith("A") else 0
+        pairs.append((f"{module} ({'in' if index else 'out'} features)", shape[index], target[index]))
+    _first_shape_mismatch(folder, base_unet, pairs)
+
+
+def _base_weight(base: dict[str, tuple], module: str, what: str, base_unet) -> tuple:
+    if f"{module}.weight" not in base:
+        raise ValueError(f"{what} {module}, which the base U-Net ({base_unet}) does not have")
+    return base[f"{module}.weight"]
+
+
+def _first_shape_mismatch(folder, base_unet, pairs) -> None:
+    for name, theirs, base in pairs:
+        if theirs != base:
+            raise ValueError(f"the export in {folder} does not fit the base U-Net ({base_unet}): {name} is "
+                             f"{theirs} in the export, {base} in the base")
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple]:
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise ValueError(f"{path} is missing")
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
 def lora_target_modules(unet: nn.Module, selection: str) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from maskunet.baselines import ADAPTER, LORA_FILE, LoraSwitch, weights_kind
+from maskunet.baselines import ADAPTER, LORA_FILE, LoraSwitch, check_fits_base, find_weights
 from maskunet.generator import MaskGenerator
 from maskunet.masked_unet import MaskedUNet
 
@@ -41,9 +41,13 @@ class MaskUNetPipeline(StableDiffusionPipeline):
 
     @classmethod
     def from_base(cls, base: str | Path, masks: str | Path | MaskGenerator | None = None, **kwargs):
-        """Load a Stable Diffusion folder or hub id, plus an optional mask-generator folder
-        (or a baseline's LoRA / fine-tuned U-Net folder, see maskunet.baselines)."""
-        kind = weights_kind(masks) if isinstance(masks, (str, Path)) else ("masks" if masks is not None else None)
+        """Load a Stable Diffusion folder or hub id, plus optional trained weights: a mask-generator
+        folder, a baseline's LoRA / fine-tuned U-Net folder (see maskunet.baselines), or a training
+        run's export folder holding one of them. Weights that do not fit the base: ValueError."""
+        kind = "masks" if masks is not None else None
+        if isinstance(masks, (str, Path)):
+            kind, masks = find_weights(masks)
+            check_fits_base(kind, masks, Path(base).expanduser() / "unet")
         generator = None
         if kind == "masks":
             generator = MaskGenerator.from_pretrained(masks) if isinstance(masks, (str, Path)) else masks

@@ -17,8 +17,9 @@ def bench() -> None:
 
 @bench.command("shapes")
 @click.option("--base", required=True, help="base pipeline folder (e.g. the pretrained shapes base)")
-@click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False),
-              help="trained weights: a mask-generator folder, or a LoRA / U-Net export (train.method lora, full)")
+@click.option("--weights", "--masks", "masks", default=None, type=click.Path(exists=True, file_okay=False),
+              help="trained weights of any method (masks, LoRA, full): a run's export folder <export_dir>/<run>/ "
+              "or the generator/, lora/ or unet/ folder in it; --masks is the same option")
 @click.option("--model", "model_uri", default=None, help="registered model, e.g. models:/NAME@ALIAS (its masks)")
 @click.option("--prompts", default=100, show_default=True, type=click.IntRange(1, 700), help="held-out prompts")
 @click.option("--seeds", default=2, show_default=True, type=click.IntRange(min=1), help="seeds per prompt")
@@ -42,11 +43,11 @@ def shapes(session: Session, base, masks, model_uri, prompts, seeds, steps, guid
     from maskunet_platform.bench.shapes.benchmark import ShapesBenchSettings, format_table, run_shapes_benchmark
 
     if masks and model_uri:
-        raise InvalidInput("--masks and --model: give one of them")
+        raise InvalidInput("--weights and --model: give one of them")
     if training_free and (masks or model_uri):
-        raise InvalidInput("--training-free runs on the base U-Net: drop --masks / --model")
+        raise InvalidInput("--training-free runs on the base U-Net: drop --weights / --model")
     if compare and not (masks or model_uri or training_free):
-        raise InvalidInput("--compare needs --masks, --model (masks on vs. off) or --training-free")
+        raise InvalidInput("--compare needs --weights, --model (tuned vs. base) or --training-free")
     choice = parse_sampler_options(steps, None, training_free, rewards, None, tf_schedule, tf_lr, tf_keep, None)
     settings = ShapesBenchSettings(prompts=prompts, seeds=seeds, steps=steps, guidance=guidance,
                                    batch_size=batch_size)

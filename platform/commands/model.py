@@ -38,12 +38,13 @@ def init_base(session: Session, out_dir: str, pretrained: bool, seed: int) -> No
 @click.command()
 @click.argument("prompt")
 @click.option("--base", default=None, help="base pipeline: local folder or hub id")
-@click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False),
-              help="trained weights: a mask-generator folder, or a LoRA / U-Net export (train.method lora, full)")
+@click.option("--weights", "--masks", "masks", default=None, type=click.Path(exists=True, file_okay=False),
+              help="trained weights of any method (masks, LoRA, full): a run's export folder <export_dir>/<run>/ "
+              "or the generator/, lora/ or unet/ folder in it; --masks is the same option")
 @click.option("--model", "model_uri", default=None, help="registered model (instead of --base/--masks): "
               "models:/NAME@ALIAS or models:/NAME/VERSION")
 @click.option("--tracking-uri", default=None, help="MLflow registry for --model (default: $MLFLOW_TRACKING_URI, else local)")
-@click.option("--no-masks", is_flag=True, help="run the plain base U-Net even when --masks is given")
+@click.option("--no-masks", is_flag=True, help="run the plain base U-Net even when --weights is given")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--steps", default=25, show_default=True, type=click.IntRange(min=1), help="denoising steps")
 @click.option("--guidance", default=7.5, show_default=True, help="classifier-free guidance scale")
@@ -60,7 +61,7 @@ def generate(session: Session, prompt, base, masks, model_uri, tracking_uri, no_
 
     choice = parse_sampler_options(steps, **sampler)
     if bool(base) == bool(model_uri) or (model_uri and masks):
-        raise InvalidInput("give --base (with optional --masks) or --model")
+        raise InvalidInput("give --base (with optional --weights) or --model")
     if model_uri:
         with session.progress.stage(f"download {model_uri}"):
             base, masks = _registered_files(model_uri, tracking_uri)

@@ -14,8 +14,9 @@ from maskunet_platform.console.summary import Summary
 
 @click.command("serve")
 @click.option("--base", default=None, help="base pipeline: local folder or hub id")
-@click.option("--masks", default=None, type=click.Path(exists=True, file_okay=False),
-              help="trained weights: a mask-generator folder, or a LoRA / U-Net export (train.method lora, full)")
+@click.option("--weights", "--masks", "masks", default=None, type=click.Path(exists=True, file_okay=False),
+              help="trained weights of any method (masks, LoRA, full): a run's export folder <export_dir>/<run>/ "
+              "or the generator/, lora/ or unet/ folder in it; --masks is the same option")
 @click.option("--model", "model_uri", default=None, help="registered model: models:/NAME@ALIAS or models:/NAME/VERSION")
 @click.option("--host", default=None, help="bind address (default: serve.host, 127.0.0.1)")
 @click.option("--port", default=None, type=click.IntRange(1, 65535), help="HTTP port (default: serve.port, 8000)")
@@ -69,15 +70,22 @@ def _registry_uri(model_uri: Optional[str], uri: Optional[str]) -> Optional[str]
 def _check_inputs(source, settings) -> Optional[str]:
     """Fail before Ray starts: one of --base/--model, a resolvable model URI, the auth token."""
     if bool(source.base) == bool(source.model_uri):
-        raise InvalidInput("give --base (with optional --masks) or --model, not both")
+        raise InvalidInput("give --base (with optional --weights) or --model, not both")
     if source.masks and not source.base:
-        raise InvalidInput("--masks needs --base (a registered --model brings its own masks)")
+        raise InvalidInput("--weights needs --base (a registered --model brings its own weights)")
     env = settings.auth.token_env
     if env and not os.environ.get(env):
         raise InvalidInput(f"serve.auth.token_env: the environment variable {env} is not set (or empty)")
     if source.base and "://" not in source.base and not os.path.exists(os.path.expanduser(source.base)) \
             and source.base.startswith((".", "/", "~")):
         raise InvalidInput(f"--base {source.base}: no such folder")
+    if source.masks:
+        from maskunet_platform.train.base_check import BaseModelError, check_weights
+
+        try:
+            check_weights(source.masks, source.base)
+        except BaseModelError as e:
+            raise InvalidInput(str(e)) from None
     if not source.model_uri:
         return None
     from maskunet_platform.registry.files import ModelUriError

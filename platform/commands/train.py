@@ -117,7 +117,14 @@ def training_summary(outcome) -> Summary:
                     f"{outcome.tracking_uri})")
     summary.add("artifacts:", outcome.artifact_uri)
     summary.add("checkpoint:", outcome.checkpoint_path)
-    summary.add("mask generator:", outcome.generator_dir)
+    if outcome.generator_dir:  # the run's export folder is what generate / serve / bench / eval take
+        from maskunet.baselines import KIND_NAMES, weights_kind
+
+        try:
+            kind = KIND_NAMES[weights_kind(outcome.generator_dir)] + "; "
+        except ValueError:  # a finished run's record whose export was since removed
+            kind = ""
+        summary.add("trained weights:", f"{Path(outcome.generator_dir).parent}  ({kind}pass it as --weights)")
     if outcome.model_version:
         summary.add("registered model:", f"{outcome.registered_model_name} v{outcome.model_version}")
     if outcome.action == "finished":
@@ -145,7 +152,9 @@ def _look_at(outcome, job) -> Optional[str]:
 
 
 @click.command(name="eval")
-@click.option("--masks", required=True, help="Mask-generator folder (local), e.g. an export or MLflow download.")
+@click.option("--weights", "--masks", "masks", required=True,
+              help="Trained weights of any method (local): a run's export folder <export_dir>/<run>/, the "
+              "generator/, lora/ or unet/ folder in it, or an MLflow download; --masks is the same option.")
 @click.option("--base", default=None, help="Base pipeline (default: the job's model.base).")
 @click.option("--data", "data_uri", default=None, help="Held-out data URI (default: the job's data holdout split).")
 @click.option("-c", "--config", "config_path", default=None, help="Job YAML for eval/data/tracking settings.")

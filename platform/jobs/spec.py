@@ -69,8 +69,8 @@ def _check_kind(job: JobConfig, kind: str, extra_args: tuple[str, ...]) -> None:
         if not job.tune.search_space:
             raise SubmitError("tune.search_space: empty; a sweep needs at least one swept field")
         check_search_space(job)
-    if kind == "eval" and "--masks" not in extra_args:
-        raise SubmitError("--kind eval needs the mask generator: maskunet submit SPEC --kind eval -- --masks URI")
+    if kind == "eval" and not {"--weights", "--masks"} & set(extra_args):
+        raise SubmitError("--kind eval needs the trained weights: maskunet submit SPEC --kind eval -- --weights DIR")
 
 
 def _check_cluster_side(job: JobConfig, address: Optional[str], environ) -> None:

@@ -49,7 +49,7 @@ class LoadedModel:
                           default_guidance=self.defaults.get("guidance_scale"))
 
     def describe(self) -> dict:
-        return {"base": self.base, "masks": self.masks, "registry": self.registry,
+        return {"base": self.base, "masks": self.masks, "tuning": self.pipe.tuning_kind, "registry": self.registry,
                 "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
 

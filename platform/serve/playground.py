@@ -1,6 +1,8 @@
 """The playground page served at `GET /`: one self-contained HTML document (no external
-scripts, styles, fonts or images), so it works offline. It generates the same prompt and seed
-twice, masks on and masks off, and shows both images side by side."""
+scripts, styles, fonts or images), so it works offline. It shows what is served: the same
+prompt and seed with the tuned weights (masks, LoRA or a fine-tuned U-Net) on and off, side
+by side, or the base's image alone when only a base is served. Images are scaled up by a
+whole factor with nearest-neighbour sampling, so a 64 px sample can be looked at."""
 
 PLAYGROUND_HTML = """<!doctype html>
 <html lang="en">
@@ -14,7 +16,7 @@ PLAYGROUND_HTML = """<!doctype html>
   input[type=number] { width: 6em; }
   .pair { display: flex; gap: 2em; margin-top: 1em; }
   figure { margin: 0; }
-  img { width: 256px; height: 256px; image-rendering: pixelated; border: 1px solid #ccc; background: #f4f4f4; }
+  img { min-width: 256px; min-height: 256px; image-rendering: pixelated; border: 1px solid #ccc; background: #f4f4f4; }
   #status { color: #555; min-height: 1.2em; }
   .error { color: #b00; }
 </style>
@@ -30,9 +32,10 @@ PLAYGROUND_HTML = """<!doctype html>
   <button type="submit" id="generate">Generate</button>
 </form>
 <p id="status"></p>
+<p id="compare"></p>
 <div class="pair">
-  <figure><img id="masked" alt="masks on"><figcaption>masks on</figcaption></figure>
-  <figure><img id="plain" alt="masks off"><figcaption>masks off (base U-Net)</figcaption></figure>
+  <figure id="tuned-figure"><img id="tuned" alt="tuned"><figcaption id="tuned-caption">tuned</figcaption></figure>
+  <figure><img id="plain" alt="base U-Net"><figcaption>base U-Net</figcaption></figure>
 </div>
 <script>
 const base = window.location.pathname.replace(/\\/$/, "");
@@ -45,6 +48,26 @@ async function describeModel() {
   const reg = info.registry ? " (" + info.registry.name + " v" + info.registry.version +
     (info.registry.alias ? " @" + info.registry.alias : "") + ")" : "";
   $("model").textContent = "model: " + info.source + reg;
+  tuning = info.tuning;
+  if (tuning) {
+    $("tuned-caption").textContent = TUNING_NAMES[tuning] + " on";
+  } else {
+    $("tuned-figure").remove();
+    $("compare").textContent = "only a base is served: there is nothing to compare it with";
+  }
+}
+
+const TUNING_NAMES = {masks: "masks", lora: "LoRA", full: "fine-tuned U-Net"};
+let tuning = null;
+
+function show(id, result) {
+  const img = $(id);
+  img.onload = () => {  // a whole scale factor: every pixel becomes a square of pixels
+    const factor = Math.max(1, Math.floor(256 / img.naturalWidth));
+    img.style.width = (img.naturalWidth * factor) + "px";
+    img.style.height = (img.naturalHeight * factor) + "px";
+  };
+  img.src = "data:image/png;base64," + result.images[0];
 }
 
 async function generateOne(masks) {
@@ -62,11 +85,12 @@ async function generateBoth(event) {
   $("status").className = ""; $("status").textContent = "generating...";
   const started = performance.now();
   try {
-    const [masked, plain] = await Promise.all([generateOne(true), generateOne(false)]);
-    $("masked").src = "data:image/png;base64," + masked.images[0];
-    $("plain").src = "data:image/png;base64," + plain.images[0];
+    const plain = generateOne(false);
+    if (tuning) { show("tuned", await generateOne(true)); }
+    const base_image = await plain;
+    show("plain", base_image);
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
-    $("status").textContent = "seed " + masked.seed + ", " + seconds + " s";
+    $("status").textContent = "seed " + base_image.seed + ", " + seconds + " s";
     document.body.dataset.generated = "true";
   } catch (error) {
     $("status").className = "error"; $("status").textContent = String(error.message || error);
@@ -74,8 +98,9 @@ async function generateBoth(event) {
 }
 
 $("form").addEventListener("submit", generateBoth);
-describeModel();
-if (new URLSearchParams(window.location.search).has("autorun")) { generateBoth(); }
+describeModel().then(() => {
+  if (new URLSearchParams(window.location.search).has("autorun")) { generateBoth(); }
+});
 </script>
 </body>
 </html>

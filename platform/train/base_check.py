@@ -69,3 +69,17 @@ def _missing_on_hub(repo_id: str, revision: str | None) -> list[str]:
         if name == "model_index.json":
             json.loads(Path(path).read_text())  # a corrupt index fails here, not in every worker
     return missing
+
+
+def check_weights(weights: str, base: str, flag: str = "--weights") -> Path:
+    """The weights folder `weights` names (its own folder or a run's export folder) after
+    checking it fits `base` when that is a local folder: BaseModelError (exit 2) naming `flag`
+    and the mismatch. Reads file headers only; nothing is loaded."""
+    from maskunet.baselines import check_fits_base, find_weights
+
+    try:
+        kind, folder = find_weights(weights)
+        check_fits_base(kind, folder, Path(base).expanduser() / "unet")
+    except ValueError as e:
+        raise BaseModelError(f"{flag} {weights}: {e}") from None
+    return folder

@@ -10,13 +10,13 @@ def run_eval_command(job: JobConfig, masks: str, data_uri: Optional[str], addres
     `progress` (console.progress.Progress) gets the stages."""
     from maskunet_platform.console.progress import Progress
 
-    from maskunet_platform.train.base_check import check_base
+    from maskunet_platform.train.base_check import check_base, check_weights
     from maskunet_platform.train.launcher import connect_ray
     from maskunet_platform.train.post_training import GeneratorSource, run_post_training
 
     progress = progress or Progress()
-    generator = GeneratorSource.from_folder(masks)
     check_base(job.model)
+    generator = GeneratorSource.from_folder(check_weights(masks, job.model.base))
     with progress.stage("start Ray"):
         connect_ray(address, job)
     # An explicit --data set is all held-out; the job's own data uses its holdout split.

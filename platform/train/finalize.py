@@ -33,11 +33,12 @@ def run_paired_eval(job: JobConfig, base_location: str, generator_dir: str, data
     from maskunet_platform.train.evaluate import paired_eval
 
     from maskunet import MaskGenerator
-    from maskunet.baselines import weights_kind
+    from maskunet.baselines import check_fits_base, find_weights
     from maskunet_platform.train.methods import paired_switch
 
+    kind, generator_dir = find_weights(generator_dir)  # masks, or a baseline's LoRA / U-Net export
+    check_fits_base(kind, generator_dir, Path(base_location) / "unet")
     base = load_frozen_base(job.model.model_copy(update={"base": base_location}), device, dtype)
-    kind = weights_kind(generator_dir)  # masks, or a baseline's LoRA / U-Net export
     generator = MaskGenerator.from_pretrained(generator_dir) if kind == "masks" else \
         paired_switch(kind, base.unet, generator_dir)
     cfg = job.train.eval

@@ -37,11 +37,10 @@ class GeneratorSource:
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> "GeneratorSource":
-        from maskunet.baselines import weights_kind
+        from maskunet.baselines import find_weights
 
-        folder = Path(folder)
-        try:
-            weights_kind(folder)  # a mask generator, or a baseline's LoRA / U-Net export
+        try:  # a mask generator, a baseline's LoRA / U-Net export, or a run's export folder
+            _, folder = find_weights(folder)
         except ValueError as e:
             raise FileNotFoundError(str(e)) from None
         return cls(files={p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()})

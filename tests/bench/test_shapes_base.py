@@ -79,7 +79,7 @@ def test_bench_shapes_compare_is_paired_and_logged(shapes_base, all_ones_masks, 
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--compare"], "--compare needs --masks, --model"),
+    (["--compare"], "--compare needs --weights, --model"),
     (["--prompts", "0"], "--prompts"),
     (["--model", "models:/nope@champion", "--masks", "."], "give one of them"),
 ])

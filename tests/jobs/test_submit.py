@@ -46,7 +46,7 @@ def test_bad_input_fails_before_any_cluster_contact(job_args):
 @pytest.mark.parametrize("case, named", [
     ("outside", "outside"), ("runtime_env_key", "pipp"), ("runtime_env_secret", "AWS_SECRET_ACCESS_KEY"),
     ("sqlite_on_cluster", "tracking.tracking_uri"), ("sweep_without_space", "tune.search_space"),
-    ("eval_without_masks", "--masks"), ("ray_client_address", "8265"),
+    ("eval_without_masks", "--weights"), ("ray_client_address", "8265"),
 ])
 def test_what_submit_refuses_locally(case, named, tmp_path):
     """The checks `maskunet submit` makes before contacting anything (each one exit 2 in the CLI)."""

@@ -3,7 +3,9 @@
 Three mask generators over the shipped shapes base, scored on the same held-out rows and
 shapes prompts by the platform's own scoring: `identity` keeps every weight (its loss is the
 base's), `medium` drops some, `bad` drops about half. The held-out loss ranks them
-identity < medium < bad.
+identity < medium < bad. Beside them, the other methods' exports: `lora` (a LoRA whose
+up-projections are random, so worse than the base) and `full` (a U-Net export holding the
+base's own weights, so as good as the base), scored the same way.
 """
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 EVAL = {"rows": 16, "batch_size": 8, "shapes": {"prompts": 6, "seeds": 1, "steps": 4, "batch_size": 6}}
 BIASES = {"bad": 0.0, "medium": 0.02, "identity": 12.0}  # drop ~50%, ~12%, nothing
+METHODS = {"lora": "lora", "full": "full"}  # label -> train.method (the rest are masks)
 
 
 @dataclass
@@ -39,7 +42,7 @@ class RegistryWorld:
             client.create_experiment("registry-tests"))
         run = client.create_run(experiment.experiment_id, run_name=f"{name}-{label}")
         tags = {"run_id": run.info.run_id, "base_model": self.base, "data_source": self.data,
-                "mask_config": json.dumps({"logit_bias": BIASES[label]}),
+                "method": METHODS.get(label, "masks"), "mask_config": json.dumps({"logit_bias": BIASES.get(label)}),
                 **evidence_tags(*(evidence or self.evidence[label]).values())}
         work = self.work / f"{name}-{label}-{run.info.run_id}"
         work.mkdir(parents=True)
@@ -57,7 +60,7 @@ def eval_job(data: str, **eval_updates):
 
 
 @pytest.fixture(scope="session")
-def registry_world(mlflow_server, shapes_base, sample_data, ray_local, tmp_path_factory) -> RegistryWorld:
+def registry_world(mlflow_server, shapes_base, sample_data, ray_local, lora_export, tmp_path_factory) -> RegistryWorld:
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -74,5 +77,8 @@ def registry_world(mlflow_server, shapes_base, sample_data, ray_local, tmp_path_
         folder = work / "generators" / label
         MaskGenerator.from_unet(unet, MaskConfig(logit_bias=bias)).save_pretrained(folder)
         generators[label] = folder
+    unet.save_pretrained(work / "generators" / "full")  # what train.method=full exports: a U-Net folder
+    generators |= {"lora": Path(lora_export) / "lora", "full": work / "generators" / "full"}
+    for label, folder in generators.items():
         evidence[label] = score(eval_job(data), shapes_base, folder, data, "all", ["heldout", "shapes"])
     return RegistryWorld(mlflow_server.tracking_uri, shapes_base, data, generators, evidence, work)

@@ -187,3 +187,69 @@ def test_bad_input_exits_2_naming_the_problem(registry_world, args, message):
     code, _, output = cli(registry_world, *args)
     assert code == 2, output
     assert message in output and "Traceback" not in output
+
+
+def _methods_world(world) -> dict[str, str]:
+    """Model `methods`: a bad mask generator as champion, then a full export and a LoRA
+    (versions registered once per session)."""
+    if not client(world).search_registered_models(filter_string="name='methods'"):
+        versions = {label: world.register("methods", label) for label in ("bad", "full", "lora")}
+        assert cli(world, "promote", "methods", "--version", versions["bad"])[0] == 0
+        code, report, output = cli(world, "promote", "methods", "--version", versions["full"])
+        assert code == 0 and report["action"] == "promoted", output
+        world.methods = versions
+    return world.methods
+
+
+def test_the_gate_compares_every_method_like_with_like(registry_world):
+    """LoRA and full exports carry the same evidence as masks, and the gate weighs a challenger
+    of one method against a champion of another on the same held-out rows and prompts."""
+    world = registry_world
+    versions = _methods_world(world)
+    for label in ("full", "lora"):
+        version_tags = tags(world, "methods", versions[label])
+        assert version_tags["method"] == label
+        assert {"maskunet.evidence.heldout", "maskunet.evidence.shapes"} <= version_tags.keys()
+    assert holder(world, "methods") == versions["full"]  # a full export beat the masks champion
+    full_loss = world.evidence["full"]["heldout"].metrics[LOSS]
+    assert full_loss < world.evidence["bad"]["heldout"].metrics[LOSS]
+    code, report, _ = cli(world, "promote", "methods", "--version", versions["lora"])  # a worse LoRA: refused
+    assert code == 3 and report["action"] == "refused" and holder(world, "methods") == versions["full"]
+    assert report["evidence"] == {"heldout": "logged", "shapes": "logged"}
+    loss = next(c for c in report["checks"] if c["metric"] == LOSS)
+    assert loss["holder"] == pytest.approx(full_loss) and not loss["passed"]
+    assert loss["challenger"] == pytest.approx(world.evidence["lora"]["heldout"].metrics[LOSS])
+
+
+@pytest.mark.long
+def test_every_methods_registered_version_generates_and_serves_in_a_fresh_process(registry_world, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.fixtures.cli import maskunet_env, run_maskunet
+    from tests.fixtures.services import free_port
+    from tests.serve.conftest import post_json
+    from tests.serve.test_cli_serve import _wait_healthy
+
+    world = registry_world
+    versions = _methods_world(world)
+    env = maskunet_env(MLFLOW_TRACKING_URI=world.tracking_uri)
+    for ref, mode in (("models:/methods@champion", "full on"), (f"models:/methods/{versions['lora']}", "lora on"),
+                      (f"models:/methods/{versions['bad']}", "masks on")):
+        out = tmp_path / f"{mode}.png"
+        done = run_maskunet(["generate", "a red circle", "--model", ref, "--steps", "2", "--out", str(out)], env)
+        assert done.returncode == 0 and mode in done.stdout and out.stat().st_size > 100, done.stderr
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "maskunet_platform.cli", "serve", "--model",
+                             f"models:/methods/{versions['lora']}", "--port", str(port),
+                             "--set", "serve.cpus_per_replica=0", "--set", "serve.limits.default_steps=2"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        _wait_healthy(proc, f"http://127.0.0.1:{port}")
+        answer = post_json(f"http://127.0.0.1:{port}/v1/generate", {"prompt": "a blue square", "seed": 1})
+        assert answer.status == 200 and answer.json()["images"][0].startswith("iVBOR"), answer.body[:300]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err

@@ -6,10 +6,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from maskunet.baselines import EXPORT_FOLDERS as EXPORT_NAMES  # <export_dir>/<run>/<name> per method
 from maskunet_platform.config import JobConfig
-
-# Folder name of the exported weights (<export_dir>/<run>/<name>) per method.
-EXPORT_NAMES = {"masks": "generator", "lora": "lora", "full": "unet"}
 
 
 @dataclass
