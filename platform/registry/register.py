@@ -59,8 +59,13 @@ def _folder_size(path: Path) -> int:
 
 def log_and_register(run_id: str, tracking_uri: str, model_name: str, base_location: str,
                      generator_dir: str | Path, tags: dict[str, str], defaults: dict, work_dir: Path):
-    """Log the model under the run and register a new version of `model_name`; returns it."""
+    """Log the model under the run and register a new version of `model_name`; returns it.
+    `generator_dir`: trained weights of any method, or the run's export folder holding them."""
     import mlflow
+
+    from maskunet.baselines import find_weights
+
+    _, generator_dir = find_weights(generator_dir)  # the version holds the weights, not the run's logs
 
     settings = work_dir / "maskunet_settings.json"
     settings.write_text(json.dumps({"base": base_location, "defaults": defaults}))

@@ -240,16 +240,17 @@ def test_every_methods_registered_version_generates_and_serves_in_a_fresh_proces
         out = tmp_path / f"{mode}.png"
         done = run_maskunet(["generate", "a red circle", "--model", ref, "--steps", "2", "--out", str(out)], env)
         assert done.returncode == 0 and mode in done.stdout and out.stat().st_size > 100, done.stderr
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "maskunet_platform.cli", "serve", "--model",
-                             f"models:/methods/{versions['lora']}", "--port", str(port),
-                             "--set", "serve.cpus_per_replica=0", "--set", "serve.limits.default_steps=2"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-    try:
-        _wait_healthy(proc, f"http://127.0.0.1:{port}")
-        answer = post_json(f"http://127.0.0.1:{port}/v1/generate", {"prompt": "a blue square", "seed": 1})
-        assert answer.status == 200 and answer.json()["images"][0].startswith("iVBOR"), answer.body[:300]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    for ref in ("models:/methods@champion", f"models:/methods/{versions['lora']}"):  # full, then the LoRA
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "maskunet_platform.cli", "serve", "--model", ref, "--port",
+                                 str(port), "--set", "serve.cpus_per_replica=0", "--set", "serve.limits.default_steps=2"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL)
+        try:
+            _wait_healthy(proc, f"http://127.0.0.1:{port}")
+            answer = post_json(f"http://127.0.0.1:{port}/v1/generate", {"prompt": "a blue square", "seed": 1})
+            assert answer.status == 200 and answer.json()["images"][0].startswith("iVBOR"), answer.body[:300]
+        finally:
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err

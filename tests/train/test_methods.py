@@ -189,7 +189,7 @@ def test_lora_resumes_from_its_checkpoint_and_the_export_generates(compare_run):
     after = load_lora_state(more.generator_dir)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert any(v.abs().sum() > 0 for k, v in after.items() if ".lora_B." in k)  # the up-projection trained
-    pipe = MaskUNetPipeline.from_base(longer.model.base, masks=more.generator_dir)
+    pipe = MaskUNetPipeline.from_base(longer.model.base, masks=Path(more.generator_dir).parent)  # the run's folder
     pipe.set_progress_bar_config(disable=True)
     assert pipe.unet.peft_config["default"].r == longer.train.lora.rank  # rank/alpha from the file's metadata
     tuned, plain = _image(pipe, True), _image(pipe, False)
@@ -226,7 +226,7 @@ def test_full_resumes_from_its_zero3_checkpoint_and_the_export_generates(compare
     assert (more.metrics["resumed_from_step"], more.metrics["step"]) == (STEPS, STEPS + 1)  # continued
     after = _unet_state(more.generator_dir)
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
-    pipe = MaskUNetPipeline.from_base(longer.model.base, masks=more.generator_dir)
+    pipe = MaskUNetPipeline.from_base(longer.model.base, masks=Path(more.generator_dir).parent)  # the run's folder
     pipe.set_progress_bar_config(disable=True)
     tuned, plain = _image(pipe, True), _image(pipe, False)
     assert not (tuned == plain).all()
