@@ -230,3 +230,52 @@ def test_full_resumes_from_its_zero3_checkpoint_and_the_export_generates(compare
     pipe.set_progress_bar_config(disable=True)
     tuned, plain = _image(pipe, True), _image(pipe, False)
     assert not (tuned == plain).all()
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_trained_lora_and_full_runs_register_gate_each_other_and_generate(compare_run, mlflow_server, tmp_path):
+    """`train.method=lora` and `full` (3 steps), finalized like `maskunet train`: each version
+    carries paired evidence, the gate weighs one method against the other on the same held-out
+    rows and prompts (exit 3 when refused), and the champion and each run's export folder
+    generate in fresh processes."""
+    from click.testing import CliRunner
+    from mlflow import MlflowClient
+
+    from maskunet_platform.cli import main
+    from maskunet_platform.compare.runner import method_job
+    from maskunet_platform.config import apply_overrides
+    from maskunet_platform.config.job import JobConfig
+    from maskunet_platform.registry.evidence import read_evidence
+    from maskunet_platform.train.launcher import train_job
+
+    job, _ = compare_run
+    client, name, outcomes = MlflowClient(mlflow_server.tracking_uri), "trained-methods", {}
+    for method in ("lora", "full"):
+        raw = apply_overrides(method_job(job, method).model_dump(mode="json"),
+                              [f"name=registered-{method}", "tracking.register_model=true",
+                               f"tracking.registered_model_name={name}"])
+        outcomes[method] = outcome = train_job(JobConfig.model_validate(raw))
+        version = client.get_model_version(name, outcome.model_version)
+        assert version.tags["method"] == method and read_evidence(version.tags, "heldout") is not None
+    promote = lambda version: CliRunner().invoke(  # noqa: E731
+        main, ["promote", name, "--version", version, "--tracking-uri", mlflow_server.tracking_uri, "--json"])
+    first = promote(outcomes["lora"].model_version)
+    assert first.exit_code == 0 and json.loads(first.stdout)["action"] == "promoted", first.output
+    second = promote(outcomes["full"].model_version)
+    report = json.loads(second.stdout)
+    assert report["evidence"] == {"heldout": "logged", "shapes": "logged"}, report
+    loss = next(c for c in report["checks"] if c["metric"] == "eval/masked_loss_overall")
+    logged = {m: read_evidence(client.get_model_version(name, o.model_version).tags, "heldout").metrics
+              for m, o in outcomes.items()}
+    assert (loss["holder"], loss["challenger"]) == pytest.approx(
+        (logged["lora"]["eval/masked_loss_overall"], logged["full"]["eval/masked_loss_overall"]))
+    passed = all(c["passed"] for c in report["checks"])
+    assert (second.exit_code, report["action"]) == ((0, "promoted") if passed else (3, "refused")), report
+    env = maskunet_env(MLFLOW_TRACKING_URI=mlflow_server.tracking_uri)
+    for weights in (["--model", f"models:/{name}@champion"],
+                    *(["--base", job.model.base, "--weights", str(Path(o.generator_dir).parent)]
+                      for o in outcomes.values())):
+        out = tmp_path / f"{len(list(tmp_path.iterdir()))}.png"
+        done = run_maskunet(["generate", "a red circle", *weights, "--steps", "2", "--out", str(out)], env)
+        assert done.returncode == 0 and out.stat().st_size > 100, done.stderr
