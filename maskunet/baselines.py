@@ -65,6 +65,8 @@ def check_fits_base(kind: str, folder: str | Path, base_unet: str | Path) -> Non
     in `base_unet` (a diffusers U-Net folder). Reads only configs and safetensors headers: no
     weights are loaded, so a command can refuse a mismatched export before it starts anything.
     Nothing to check for a base that is not a local folder with one safetensors file (a hub id)."""
+    if kind == "lora":
+        _check_adapter_config(Path(folder) / LORA_FILE)
     base_file = Path(base_unet) / UNET_WEIGHTS
     if not base_file.exists():
         return
@@ -95,6 +97,19 @@ def check_fits_base(kind: str, folder: str | Path, base_unet: str | Path) -> Non
         index = 1 if part.startswith("A") else 0
         pairs.append((f"{module} ({'in' if index else 'out'} features)", shape[index], target[index]))
     _first_shape_mismatch(folder, base_unet, pairs)
+
+
+def _check_adapter_config(path: Path) -> None:
+    """A LoRA's scale is lora_alpha / rank, which only its adapter config (diffusers keeps it in
+    the safetensors header) records: without it the adapter would load at a guessed scale."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        config = (f.metadata() or {}).get("lora_adapter_metadata", "")
+    if "lora_alpha" not in config:
+        raise ValueError(f"the LoRA in {path.parent} has no adapter config (rank and lora_alpha under "
+                         "'lora_adapter_metadata' in its safetensors header), so its scale is unknown; export it "
+                         "with train.method=lora, or diffusers' save_lora_weights(..., unet_lora_adapter_metadata=...)")
 
 
 def _base_weight(base: dict[str, tuple], module: str, what: str, base_unet) -> tuple:

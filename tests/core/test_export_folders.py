@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from maskunet.baselines import check_fits_base, find_weights
+from maskunet.baselines import LORA_FILE, check_fits_base, find_weights
 
 
 def test_find_weights_in_a_run_export_folder_or_the_weights_folder(lora_export, tmp_path):
@@ -27,6 +27,12 @@ def test_exports_that_do_not_fit_the_base_name_the_mismatch(lora_export, tiny_ba
     from maskunet import MaskGenerator
 
     check_fits_base("lora", Path(lora_export) / "lora", Path(shapes_base) / "unet")  # its own base: fits
+    from safetensors.torch import load_file, save_file
+
+    (tmp_path / "bare-lora").mkdir()
+    save_file(load_file(str(Path(lora_export) / "lora" / LORA_FILE)), str(tmp_path / "bare-lora" / LORA_FILE))
+    with pytest.raises(ValueError, match="has no adapter config"):  # same tensors, no rank / alpha recorded
+        check_fits_base("lora", tmp_path / "bare-lora", Path(shapes_base) / "unet")
     with pytest.raises(ValueError, match=r"does not fit the base U-Net .* features\) is \d+ in the export, \d+ in the base"):
         check_fits_base("lora", Path(lora_export) / "lora", Path(tiny_base) / "unet")
     UNet2DConditionModel.from_pretrained(tiny_base, subfolder="unet").save_pretrained(tmp_path / "unet")
