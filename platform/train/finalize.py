@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 # MLflow artifact folder of the trained weights per train.method.
 ARTIFACT_NAMES = {"masks": "mask_generator", "lora": "lora", "full": "unet"}
 SUBJECT_REPORT = "subject_report.json"
+
+
 def eval_batches(job: JobConfig, base_location: str, data_uri: Optional[str] = None, split: str = "holdout"):
     """Held-out batches in a stable order (the same rows for every evaluation)."""
     from maskunet_platform.data.pipeline import iter_local_batches
@@ -33,11 +35,12 @@ def run_paired_eval(job: JobConfig, base_location: str, generator_dir: str, data
     from maskunet_platform.train.evaluate import paired_eval
 
     from maskunet import MaskGenerator
-    from maskunet.baselines import check_fits_base, find_weights
+    from maskunet.baselines import find_weights
     from maskunet_platform.train.methods import paired_switch
 
-    kind, generator_dir = find_weights(generator_dir)  # masks, or a baseline's LoRA / U-Net export
-    check_fits_base(kind, generator_dir, Path(base_location) / "unet")
+    # Masks, or a baseline's LoRA / U-Net export; whether it fits the base was checked where the
+    # weights came in (a command's --weights, a run's own base).
+    kind, generator_dir = find_weights(generator_dir)
     base = load_frozen_base(job.model.model_copy(update={"base": base_location}), device, dtype)
     generator = MaskGenerator.from_pretrained(generator_dir) if kind == "masks" else \
         paired_switch(kind, base.unet, generator_dir)

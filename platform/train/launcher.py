@@ -244,15 +244,15 @@ def _start_ray_and_tracking(job: JobConfig, address: Optional[str], plan, progre
         return None
     check_cluster_tracking(job, address or os.environ.get("RAY_ADDRESS"))  # before either starts
     with progress.stage("start Ray + MLflow run") as stage, ThreadPoolExecutor(1, "maskunet-mlflow") as pool:
-        tracking = pool.submit(_timed, start_or_resume_run, job, plan.run_name, plan.fingerprint,
-                               reopen=plan.action == "extend")
+        mlflow_start = pool.submit(_timed, start_or_resume_run, job, plan.run_name, plan.fingerprint,
+                                   reopen=plan.action == "extend")
         try:
             ray_seconds, _ = _timed(connect_ray, address, job)
         except BaseException:
-            if tracking.exception() is None:  # the run exists: it failed before training began
-                _mark_failed(tracking.result()[1])
+            if mlflow_start.exception() is None:  # the run exists: it failed before training began
+                _mark_failed(mlflow_start.result()[1])
             raise
-        mlflow_seconds, target = tracking.result()
+        mlflow_seconds, target = mlflow_start.result()
         stage.parts = {"start Ray": ray_seconds, "start MLflow run (meanwhile)": mlflow_seconds}
     return target
 
