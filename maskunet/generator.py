@@ -47,16 +47,52 @@ class LayerAdapter(nn.Module):
         """fp32 logits. The low-rank expansion may run in `compute_dtype` (the base's precision):
         its terms are small, so bf16 costs ~0.4% of them, while the logit-scale sum (the +5
         bias, whose small updates bf16 could not represent) and all that follows stay fp32."""
-        (out_f, code_out), (fan_in, code_in) = self.a_out.shape, self.a_in.shape
-        dtype = compute_dtype or self.a_out.dtype
-        a_out, a_in, code = self.a_out.to(dtype), self.a_in.to(dtype), code.to(dtype)
-        # Multiply in the cheaper order: (A_out M) A_in^T vs A_out (M A_in^T).
-        if out_f * code_in * (code_out + fan_in) <= fan_in * code_out * (code_in + out_f):
-            expanded = (a_out @ code) @ a_in.T
-        else:
-            expanded = a_out @ (code @ a_in.T)
-        # In place: matmul saves its inputs, not its output, so no further full-size temporaries.
-        return expanded.float().add_(self.b_out.float()[:, None]).add_(self.b_in.float()[None, :])
+        return expand_code(self.a_out, self.a_in, self.b_out, self.b_in, code, compute_dtype)
+
+    @staticmethod
+    def stacked(adapters: list["LayerAdapter"], code: torch.Tensor, compute_dtype: torch.dtype | None = None
+                ) -> torch.Tensor:
+        """(L, B, out, fan_in) fp32 logits of L same-shape adapters in one batched expansion."""
+        params = [torch.stack([getattr(a, n) for a in adapters]) for n in ("a_out", "a_in", "b_out", "b_in")]
+        return expand_code(*params, code, compute_dtype)
+
+
+def _cheaper_left_first(out_f: int, fan_in: int, code_out: int, code_in: int) -> bool:
+    """(A_out M) A_in^T costs out*I'*(O'+fan_in) multiply-adds, A_out (M A_in^T) fan_in*O'*(I'+out)."""
+    return out_f * code_in * (code_out + fan_in) <= fan_in * code_out * (code_in + out_f)
+
+
+def expand_code(a_out: torch.Tensor, a_in: torch.Tensor, b_out: torch.Tensor, b_in: torch.Tensor,
+                code: torch.Tensor, compute_dtype: torch.dtype | None) -> torch.Tensor:
+    """A_out M A_in^T + b_out 1^T + 1 b_in^T for code M (B, O', I'): (B, out, fan_in), or
+    (L, B, out, fan_in) when the factors carry a leading layer dimension L."""
+    (out_f, code_out), (fan_in, code_in) = a_out.shape[-2:], a_in.shape[-2:]
+    dtype = compute_dtype or a_out.dtype
+    a_out, a_in, code = a_out.to(dtype), a_in.to(dtype), code.to(dtype)
+    left_first = _cheaper_left_first(out_f, fan_in, code_out, code_in)
+    if a_out.dim() == 2:  # torch.matmul folds the batch into one GEMM per product
+        expanded = (a_out @ code) @ a_in.T if left_first else a_out @ (code @ a_in.T)
+    else:
+        expanded = _expand_stacked(a_out, a_in, code, left_first)
+        b_out, b_in = b_out[:, None], b_in[:, None]  # (L, 1, ...): broadcast over the batch
+    # In place: matmul saves its inputs, not its output, so no further full-size temporaries.
+    return expanded.float().add_(b_out.float()[..., :, None]).add_(b_in.float()[..., None, :])
+
+
+def _expand_stacked(a_out: torch.Tensor, a_in: torch.Tensor, code: torch.Tensor, left_first: bool) -> torch.Tensor:
+    """(L, B, out, fan_in) = A_out,l M_b A_in,l^T with the batch folded into each GEMM (as
+    torch.matmul does for one layer): each factor's gradient is then one accumulation over
+    the batch, not a sum of per-sample products rounded in a low-precision dtype."""
+    layers, (batch, code_out, code_in) = a_out.shape[0], code.shape
+    out_f, fan_in = a_out.shape[1], a_in.shape[1]
+    a_in_t = a_in.transpose(1, 2)  # (L, I', fan_in)
+    if left_first:
+        left = a_out @ code.transpose(0, 1).reshape(code_out, batch * code_in)  # (L, out, B*I')
+        left = left.view(layers, out_f, batch, code_in).transpose(1, 2).reshape(layers, batch * out_f, code_in)
+        return (left @ a_in_t).view(layers, batch, out_f, fan_in)
+    right = code.reshape(batch * code_out, code_in) @ a_in_t  # (L, B*O', fan_in)
+    right = right.view(layers, batch, code_out, fan_in).transpose(1, 2).reshape(layers, code_out, batch * fan_in)
+    return (a_out @ right).view(layers, out_f, batch, fan_in).transpose(1, 2).contiguous()
 
 
 class BlockCodeGenerator(nn.Module):
@@ -172,3 +208,8 @@ class MaskGenerator(ModelMixin, ConfigMixin):
                      ) -> torch.Tensor:
         """fp32 mask logits (B, out, fan_in) of one masked layer from its block's code."""
         return self.adapters[_module_key(layer_name)](code, compute_dtype)
+
+    def group_logits(self, layer_names: list[str], code: torch.Tensor, compute_dtype: torch.dtype | None = None
+                     ) -> torch.Tensor:
+        """fp32 mask logits (L, B, out, fan_in) of L same-shape layers of one block, batched."""
+        return LayerAdapter.stacked([self.adapters[_module_key(n)] for n in layer_names], code, compute_dtype)

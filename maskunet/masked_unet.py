@@ -3,8 +3,14 @@
 No forward is copied: the selected layers are swapped in place for masked twins, and one
 forward pre-hook per masked up-block (registered once, at construction) computes that
 block's masks from the tensors diffusers passes it (hidden state, skips, time embedding).
-Masks are stored on the layers before the block runs, so they are also there when
-gradient checkpointing recomputes the block's inner modules.
+
+Two paths give the same masks. The block path (default) computes all of a block's masks in
+one batched chain per weight shape (logits, noise, scores, bits: a handful of ops per block
+instead of per layer, since on small layers and on GPUs the per-op launch cost, not the
+arithmetic, dominates) and hands each layer its view. The layer path stores per layer a
+recipe that the layer evaluates when it runs; it is the reference, and what gradient
+checkpointing uses, because its recompute must re-create each mask inside the recomputed
+module (with the RNG state restored) rather than keep a block's fp32 scores until backward.
 """
 from contextlib import contextmanager
 from functools import partial
@@ -13,9 +19,10 @@ import torch
 from torch import nn
 
 from maskunet.generator import MaskGenerator
-from maskunet.gumbel import keep_probability, keep_threshold
+from maskunet.gumbel import keep_probability, keep_threshold, mask_scores
 from maskunet.layers import install_masked_layer, remove_masked_layer, select_layers
-from maskunet.masked_ops import LayerMask, autocast_dtype, autocast_off
+from maskunet.masked_ops import (LayerMask, PreparedMask, autocast_dtype, autocast_off, group_masked_weights,
+                                 signed_derivative)
 
 
 class MaskedUNet(nn.Module):
@@ -31,6 +38,12 @@ class MaskedUNet(nn.Module):
         # None: stochastic Gumbel masks while the generator is in train mode, thresholding in eval mode.
         self.stochastic = stochastic
         self._groups = select_layers(unet, generator.config.layers)
+        self.mask_path = "block"  # "block": batched per block and weight shape; "layer": the reference
+        self._shape_groups = {index: _by_shape(layers) for index, layers in self._groups.items()}
+        # diffusers' is_gradient_checkpointing walks every module (~2 ms on the tiny U-Net, per
+        # call); only the modules of masked blocks that can checkpoint matter here.
+        self._checkpointers = {index: [m for m in unet.up_blocks[index].modules() if hasattr(m, "gradient_checkpointing")]
+                               for index in self._groups}
         # Statistics of the last call per layer (see mask_stats); the options cost memory/compute.
         self._stats: dict[str, dict] = {}
         self.keep_last_masks = False  # keep each layer's bool mask (1 byte per entry) for last_masks()
@@ -107,9 +120,34 @@ class MaskedUNet(nn.Module):
         cfg = self.generator.config
         stochastic = self.generator.training if self.stochastic is None else self.stochastic
         z_min = keep_threshold(1.0, cfg.threshold)  # scores are already divided by tau
-        for name, module in layers:  # each layer computes its logits when it runs
-            logits = partial(self.generator.layer_logits, name, code, compute_dtype)
-            module.mask = LayerMask(logits, cfg.tau, z_min, stochastic, partial(self._record, name))
+        if self.mask_path == "layer" or self._checkpointing(index):
+            for name, module in layers:  # each layer computes its logits when it runs
+                logits = partial(self.generator.layer_logits, name, code, compute_dtype)
+                module.mask = LayerMask(logits, cfg.tau, z_min, stochastic, partial(self._record, name))
+            return
+        for group in self._shape_groups[index]:
+            names = [name for name, _ in group]
+            with autocast_off(device):
+                logits = self.generator.group_logits(names, code, compute_dtype)  # (L, B, out, fan_in)
+                scores = mask_scores(logits, cfg.tau, stochastic)
+            hard = scores > z_min
+            self._record_group(names, logits, hard)
+            del logits
+            none = [None] * len(group)
+            with_grad = scores.requires_grad
+            saved = signed_derivative(scores, hard).unbind(0) if with_grad else none
+            layer_scores = scores.unbind(0) if with_grad else none
+            weights = none
+            modules = [m for _, m in group]
+            if not any(m.weight.requires_grad for m in modules):  # frozen W: one product for the group
+                dtype = compute_dtype if autocast_dtype(device) else modules[0].weight.dtype
+                weights = group_masked_weights(modules, hard, dtype).unbind(0)
+            for (_, module), *parts in zip(group, hard.unbind(0), layer_scores, saved, weights):
+                module.mask = PreparedMask(*parts)
+
+    def _checkpointing(self, index: int) -> bool:
+        """Whether block `index` may recompute its layers in backward (gradient checkpointing)."""
+        return torch.is_grad_enabled() and any(m.gradient_checkpointing for m in self._checkpointers[index])
 
     def _record(self, name: str, logits: torch.Tensor, hard: torch.Tensor) -> None:
         """Per-layer statistics of this call: small tensors only, no host sync."""
@@ -122,12 +160,29 @@ class MaskedUNet(nn.Module):
             stats["drop_prob"] = 1.0 - keep_probability(logits, cfg.tau, cfg.threshold).flatten(1).mean(1)
         self._stats[name] = stats
 
+    def _record_group(self, names: list[str], logits: torch.Tensor, hard: torch.Tensor) -> None:
+        """_record for a shape group (L, B, out, fan_in) in one reduction per statistic."""
+        with torch.no_grad():
+            kept = hard.flatten(2).sum(2)
+        drop_prob = None
+        if self.track_drop_probability:
+            cfg = self.generator.config
+            drop_prob = 1.0 - keep_probability(logits, cfg.tau, cfg.threshold).flatten(2).mean(2)
+        numel = hard[0, 0].numel()
+        for i, name in enumerate(names):
+            stats = {"kept": kept[i], "numel": numel}
+            if self.keep_last_masks:
+                stats["mask"] = hard[i]
+            if drop_prob is not None:
+                stats["drop_prob"] = drop_prob[i]
+            self._stats[name] = stats
+
     def _release_masks(self, module, args, output) -> None:
         """After a call, masks are dropped from the layers (autograd keeps what backward needs),
         except while gradient checkpointing may still recompute blocks from them."""
         if self._paused:
             return
-        if not (torch.is_grad_enabled() and getattr(self.unet, "is_gradient_checkpointing", False)):
+        if not any(self._checkpointing(index) for index in self._groups):
             for _, layer in self.masked_layers():
                 layer.mask = None
 
@@ -167,6 +222,14 @@ class MaskedUNet(nn.Module):
                 layers[name]["per_sample_drop_fraction"] = drop.tolist()
         rho = self.expected_sparsity().item() if layers and self.track_drop_probability else None
         return {"layers": layers, "rho": rho}
+
+
+def _by_shape(layers: list[tuple[str, nn.Module]]) -> list[list[tuple[str, nn.Module]]]:
+    """A block's masked layers grouped by weight shape (so by mask shape too), in module order."""
+    groups: dict[tuple[int, ...], list] = {}
+    for name, module in layers:
+        groups.setdefault(tuple(module.weight.shape), []).append((name, module))
+    return list(groups.values())
 
 
 def sparsity_penalty(rho: torch.Tensor, target: float, weight: float) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """`model` and `mask` sections: which base pipeline, and how its U-Net is masked."""
-from typing import Optional
+from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from maskunet_platform.config.base import Section
 
@@ -15,6 +15,15 @@ class ModelSection(Section):
     tiny_pretrained: bool = True
     tiny_seed: int = 0
     revision: Optional[str] = None
+    # torch.compile the U-Net (masked or not) in training and serving: auto = where CUDA is
+    # present. A compile failure falls back to eager with one warning (maskunet/compile.py).
+    compile: Literal["auto", "on", "off"] = Field("auto", description="auto | on | off")
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        # YAML 1.1 reads a bare on / off as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class MaskSection(Section):

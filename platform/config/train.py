@@ -106,11 +106,17 @@ class TrainSection(Section):
     run_name: Optional[str] = Field(None, description="default: job name")
     # Local folder the final consolidated mask generator is exported to (<export_dir>/<run name>/generator).
     export_dir: str = "~/.cache/maskunet/exports"
-    compile: bool = False  # torch.compile the U-Net (GPU runs)
     gradient_checkpointing: bool = False
     loss_scaling: LossScalingSection = Field(default_factory=LossScalingSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     samples: SamplesSection = Field(default_factory=SamplesSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data):
+        if isinstance(data, dict) and "compile" in data:
+            raise ValueError("train.compile moved to model.compile (auto | on | off)")
+        return data
 
     @model_validator(mode="after")
     def _check_combinations(self):

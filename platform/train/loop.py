@@ -12,6 +12,7 @@ from typing import Any, Iterator, Optional
 import ray.train
 import torch
 
+from maskunet.compile import compile_module, compile_wanted
 from maskunet.training import diffusion_loss, sample_timesteps
 from maskunet_platform.config import JobConfig
 from maskunet_platform.console.train_progress import BoardClient
@@ -127,8 +128,8 @@ def setup_worker(config: dict[str, Any], job: JobConfig) -> Worker:
     if job.train.gradient_checkpointing:
         base.unet.enable_gradient_checkpointing()
     trainee = build_trainee(job, base.unet, device)  # seeded: identical init on every rank
-    if job.train.compile:
-        base.unet.compile()
+    if compile_wanted(job.model.compile, device):  # in place: hooks, state-dict keys stay
+        compile_module(base.unet, device)
     loaded = time.perf_counter()
     engine = build_engine(trainee.model, job.train, job.data.batch_size, world_size, device)
     log.info("rank %d: base + trainee %.1fs, %s engine %.1fs", rank, loaded - started,

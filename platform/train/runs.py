@@ -26,12 +26,12 @@ RECORD_FILE = "maskunet_run.json"
 # Fields that do not change what training computes: where outputs go, how often it logs and
 # checkpoints, how Ray schedules the work, evaluation and samples after training, tracking.
 NOT_TRAINING = (
-    "name", "tracking", "serve", "model.create_tiny_if_missing",
+    "name", "tracking", "serve", "model.create_tiny_if_missing", "model.compile",
     "data.parallelism", "data.preprocess_batch_size", "data.read_retries", "data.read_retry_backoff_s",
     "data.s3_endpoint_url", "data.encode_actors", "data.encode_device", "data.encode_gpu_fraction",
     "train.cpus_per_worker", "train.backend", "train.max_failures", "train.storage_path", "train.run_name",
     "train.export_dir", "train.log_every", "train.checkpoint_every", "train.checkpoints_to_keep",
-    "train.compile", "train.gradient_checkpointing", "train.eval", "train.samples",
+    "train.gradient_checkpointing", "train.eval", "train.samples",
 )
 
 

@@ -23,6 +23,9 @@ def test_defaults_yaml_and_overrides(tmp_path):
         ("", ["mask.reduction"], "not of the form section.key=value"),
         ("name: demo\n", ["name.x=1"], "'name' is not a section"),
         ("- a\n- b\n", [], "must be a mapping"),
+        ("model:\n  compile: fast\n", [], "model.compile: Input should be 'auto', 'on' or 'off'"),
+        ("", ["model.compile=sometimes"], "model.compile: Input should be 'auto', 'on' or 'off'"),
+        ("train:\n  compile: true\n", [], "train.compile moved to model.compile"),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path, text, overrides, message):
@@ -30,6 +33,14 @@ def test_bad_configs_name_the_field(tmp_path, text, overrides, message):
     job.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_job(job, overrides)
+
+
+def test_model_compile_reads_yaml_on_off(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("model:\n  compile: off\n")  # YAML 1.1: a bare off is False
+    assert load_job(job).model.compile == "off"
+    assert load_job(job, ["model.compile=on"]).model.compile == "on"
+    assert load_job().model.compile == "auto"
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

@@ -87,7 +87,31 @@ def test_saved_mask_state_is_two_bytes_per_entry_and_exact():
     assert torch.equal(~torch.signbit(mask_sized[0]), scores.detach() > Z_MIN)
 
 
-def test_fp32_mask_path_under_a_bf16_unet_at_the_sd15_logit_scale(ddpm):
+def _keep_first_logits(masked) -> list:
+    """Instrument either mask path: the first masked layer's fp32 logits, gradient retained, as
+    (logits, index into them): the group's (L, B, out, fan_in) tensor and its row on the block
+    path, the layer's own logits on the layer path (tau = 1: d loss / d logits = d loss / d scores)."""
+    captured, first = [], masked.masked_layers()[0][0]
+    record, record_group = masked._record, masked._record_group
+
+    def keep(name, logits, hard):
+        if name == first:
+            logits.retain_grad()
+            captured.append((logits, slice(None)))
+        record(name, logits, hard)
+
+    def keep_group(names, logits, hard):
+        if first in names:
+            logits.retain_grad()
+            captured.append((logits, names.index(first)))
+        record_group(names, logits, hard)
+
+    masked._record, masked._record_group = keep, keep_group
+    return captured
+
+
+@pytest.mark.parametrize("path", ["block", "layer"])
+def test_fp32_mask_path_under_a_bf16_unet_at_the_sd15_logit_scale(ddpm, path):
     """bf16 base, fp32 generator, logits near +5: no exactly-zero score gradients, every
     generator parameter gets a gradient, and the gradient matches an fp32 run closely."""
     grads = {}
@@ -96,23 +120,16 @@ def test_fp32_mask_path_under_a_bf16_unet_at_the_sd15_logit_scale(ddpm):
         torch.manual_seed(1)
         generator = MaskGenerator.from_unet(unet, MaskConfig(logit_bias=5.0))
         masked = MaskedUNet(unet, generator, stochastic=False).train()
-        captured = []
-        first = masked.masked_layers()[0][0]
-        record = masked._record
-
-        def keep_logits(name, logits, hard):  # instrument: keep the first layer's logits
-            if name == first:  # (tau = 1: d loss / d logits = d loss / d scores)
-                logits.retain_grad()
-                captured.append(logits)
-            record(name, logits, hard)
-
-        masked._record = keep_logits
+        masked.mask_path = path
+        captured = _keep_first_logits(masked)
         x, t, c = (v.to(dtype) if v.is_floating_point() else v for v in random_inputs())
         diffusion_loss(masked, ddpm, x, c, torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(dtype),
                        t).mean().backward()
         assert all(p.dtype == torch.float32 for p in generator.parameters())
-        assert captured[0].dtype == torch.float32 and captured[0].detach().mean().item() == pytest.approx(5.0, abs=0.5)
-        zero = (captured[0].grad == 0).float().mean().item()
+        group, row = captured[0]
+        logits, grad = group.detach()[row], group.grad[row]
+        assert logits.dtype == torch.float32 and logits.mean().item() == pytest.approx(5.0, abs=0.5)
+        zero = (grad == 0).float().mean().item()
         assert zero < 1e-3, f"{zero:.1%} of score gradients are exactly zero ({dtype})"
         assert all(p.grad is not None and p.grad.abs().gt(0).any() for p in generator.parameters())
         grads[dtype] = torch.cat([p.grad.flatten() for p in generator.parameters()])

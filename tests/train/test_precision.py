@@ -58,19 +58,18 @@ def _batch(dtype: torch.dtype, seed: int = 1):
             torch.randn(2, 77, 32, generator=g).to(dtype))
 
 
-def _capture_logits(generator) -> dict[str, torch.Tensor]:
-    """Each layer's logits (adapter output) and, after backward, their gradient."""
-    seen: dict[str, torch.Tensor] = {}
+def _capture_logits(masked) -> dict[str, tuple[torch.Tensor, int]]:
+    """Each layer's logits, as (its shape group's (L, B, out, fan_in) logits, its row), with the
+    group's gradient retained: read them after backward."""
+    seen: dict[str, tuple[torch.Tensor, int]] = {}
+    record_group = masked._record_group
 
-    def hook(name):
-        def record(module, args, out):
-            seen[name] = out
-            if out.requires_grad:
-                out.register_hook(lambda grad: seen.__setitem__(f"{name}.grad", grad))
-        return record
+    def record(names, logits, hard):
+        logits.retain_grad()
+        seen.update({name: (logits, row) for row, name in enumerate(names)})
+        record_group(names, logits, hard)
 
-    for name, adapter in generator.adapters.items():
-        adapter.register_forward_hook(hook(name))
+    masked._record_group = record
     return seen
 
 
@@ -83,18 +82,17 @@ def test_generator_stays_fp32_with_gradients_under_bf16_zero2(gloo_group):
     assert not engine.ds_engine.bfloat16_enabled() and not engine.ds_engine.fp16_enabled()
     assert {p.dtype for p in generator.parameters()} == {torch.float32}, "DeepSpeed cast the generator"
     assert {p.dtype for p in masked.unet.parameters()} == {torch.bfloat16}
-    logits = _capture_logits(generator)
+    logits = _capture_logits(masked)
     sample, timesteps, states = _batch(torch.bfloat16)
     out = engine.forward_module(sample, timesteps, states).sample
     assert out.dtype == torch.bfloat16
     engine.backward(out.float().pow(2).mean())
 
-    layer_logits = {k: v for k, v in logits.items() if not k.endswith(".grad")}
-    assert layer_logits and {v.dtype for v in layer_logits.values()} == {torch.float32}
+    assert logits and {group.dtype for group, _ in logits.values()} == {torch.float32}
     # bf16 logits near +5 gave ~22% exactly-zero entries (sigmoid rounds to 1); fp32 keeps them.
-    for name, value in layer_logits.items():
-        assert value.mean().item() == pytest.approx(5.0, abs=0.5), name
-        grad = logits[f"{name}.grad"]
+    for name, (group, row) in logits.items():
+        assert group[row].mean().item() == pytest.approx(5.0, abs=0.5), name
+        grad = group.grad[row]
         assert grad.dtype == torch.float32 and (grad == 0).float().mean().item() < 0.01, name
     for name, param in generator.named_parameters():
         grad = safe_get_full_grad(param)
