@@ -1,9 +1,11 @@
 """torch.compile for a (masked) U-Net, with a fallback to eager that is never silent.
 
 `model.compile: auto | on | off`: `auto` compiles where CUDA is present (there the per-op
-launch cost dominates a masked U-Net call, and "reduce-overhead" replays CUDA graphs for
-fixed shapes); on CPU it stays eager unless asked, since inductor's first call costs about a
-minute on 2 cores. The module is compiled in place (`nn.Module.compile`), so its state-dict
+launch cost dominates a masked U-Net call; inductor fuses the mask chain's elementwise ops
+into a few Triton kernels); on CPU it stays eager unless asked, since inductor's first call
+costs one to three minutes on 2 cores. The mode is inductor's default: "reduce-overhead"
+(CUDA graphs) reuses output buffers between replays, which a multistep scheduler that keeps
+earlier predictions, or a trainer's hooks, must be measured against on a GPU first. The module is compiled in place (`nn.Module.compile`), so its state-dict
 keys, hooks and attributes stay as they are for the trainer, checkpoints and exports.
 """
 import logging
@@ -23,15 +25,9 @@ def compile_wanted(setting: str, device: torch.device | str) -> bool:
     return setting == "on" or (setting == "auto" and torch.device(device).type == "cuda")
 
 
-def compile_module(module: nn.Module, device: torch.device | str, backend: str = "inductor",
-                   mode: str | None = None) -> nn.Module:
+def compile_module(module: nn.Module, backend: str = "inductor", mode: str | None = None) -> nn.Module:
     """Compile `module` in place; its first call that fails to compile warns once and runs
-    eager from then on (the call itself is re-run eagerly, so its result is eager's).
-
-    mode None: "reduce-overhead" (CUDA graphs) on CUDA with inductor, the default elsewhere.
-    """
-    if mode is None and backend == "inductor" and torch.device(device).type == "cuda":
-        mode = "reduce-overhead"
+    eager from then on (the call itself is re-run eagerly, so its result is eager's)."""
     module.compile(backend=backend, mode=mode)
     compiled = module._compiled_call_impl  # what nn.Module.compile installs; replaced below
 

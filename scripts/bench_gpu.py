@@ -120,12 +120,17 @@ def bench_profile(args) -> dict:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(**SD15_UNET_CONFIG).cuda().requires_grad_(False)
     masked = MaskedUNet(unet, MaskGenerator.from_unet(unet, MaskConfig()).cuda())
+    if args.compile:  # inductor, default mode; every variant below compiles at its warm-up calls
+        from maskunet.compile import compile_module
+
+        compile_module(unet, mode=args.compile_mode)
     report = {}
     for label, batch, dtype, train in (("infer fp32", 2, torch.float32, False), ("infer bf16", 2, torch.bfloat16, False),
                                        ("train bf16", 4, torch.bfloat16, True)):
         row = {}
-        for name in ("plain", "masked"):
-            masked.masks_enabled = name == "masked"
+        for name in ("plain", "masked", "masked, layer path"):  # the layer path: the per-layer reference
+            masked.masks_enabled = name != "plain"
+            masked.mask_path = "layer" if "layer" in name else "block"
             masked.generator.train(train)
             call = _unet_call(masked, batch, dtype, train)
             for _ in range(3):
@@ -138,6 +143,7 @@ def bench_profile(args) -> dict:
             torch.cuda.synchronize()
             row[name] = {"ms": round(statistics.median(gpu) * 1000, 2), "host_ms": round(host * 1000, 2)}
         row["ratio"] = round(row["masked"]["ms"] / row["plain"]["ms"], 3)
+        row["ratio, layer path"] = round(row["masked, layer path"]["ms"] / row["plain"]["ms"], 3)
         report[label] = row
         print(f"{label}: {json.dumps(row)}", flush=True)
     return report
@@ -192,6 +198,8 @@ def main() -> None:
     serve.add_argument("--batch", type=int, default=8)
     profile = sub.add_parser("profile")
     profile.add_argument("--repeats", type=int, default=10)
+    profile.add_argument("--compile", action="store_true", help="torch.compile the U-Net (inductor)")
+    profile.add_argument("--compile-mode", default=None, help="e.g. reduce-overhead (CUDA graphs)")
     pretrain = sub.add_parser("pretrain")
     pretrain.add_argument("--out", required=True)
     pretrain.add_argument("--vae-steps", type=int, default=2000)

@@ -71,7 +71,7 @@ def tiny_models(batch: int, latent: int, compiled: bool):
     masked = MaskedUNet(base, MaskGenerator.from_unet(base, MaskConfig()))
     if compiled:
         for model in (plain, base):
-            compile_module(model, "cpu")
+            compile_module(model)
         print("compiled with inductor (first calls below include the compile)")
     return inputs, plain, masked
 

@@ -35,7 +35,8 @@ def serve_command(session: Session, base, masks, model_uri, host, port, config_p
     job = load_job(config_path, [*overrides, *([f"serve.host={host}"] if host else []),
                                  *([f"serve.port={port}"] if port else [])])
     settings = job.serve
-    source = ModelSource(base, masks, model_uri, _registry_uri(model_uri, tracking_uri or settings.tracking_uri))
+    source = ModelSource(base, masks, model_uri, _registry_uri(model_uri, tracking_uri or settings.tracking_uri),
+                         job.model.compile)
     ref = _check_inputs(source, settings)
     if not _port_free(settings.host, settings.port):
         raise InvalidInput(f"--port {settings.port}: already in use on {settings.host}")

@@ -44,7 +44,7 @@ def app_builder(args: dict):
     job = load_job(args.get("config"), args.get("set") or [])
     source = ModelSource(base=_expand(args.get("base")), masks=_expand(args.get("masks")), model_uri=args.get("model"),
                          tracking_uri=args.get("tracking_uri") or job.serve.tracking_uri
-                         or os.environ.get("MLFLOW_TRACKING_URI"))
+                         or os.environ.get("MLFLOW_TRACKING_URI"), compile=job.model.compile)
     if not (source.base or source.model_uri):
         raise ValueError("app args: give base (and masks) or model")
     return build_app(job.serve, source)

@@ -6,6 +6,7 @@ prompt, negative prompt and seeds (one torch.Generator per image). The pipeline 
 batch-invariant (invariant.py), so a request's PNG bytes do not depend on its batch.
 """
 import io
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,14 +14,17 @@ from typing import Optional
 
 from maskunet_platform.serve.requests import GenerateRequest, ModelFacts
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where the model comes from: a base (+ masks) or a registry URI."""
+    """Where the model comes from (a base (+ weights) or a registry URI), and `model.compile`."""
     base: Optional[str] = None
     masks: Optional[str] = None
     model_uri: Optional[str] = None
     tracking_uri: Optional[str] = None
+    compile: str = "auto"
 
     def describe(self) -> str:
         return self.model_uri or (self.base + (f" + masks {self.masks}" if self.masks else ""))
@@ -55,9 +59,11 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How a replica loads its pipeline (from `serve.batching.batch_invariant`, `serve.precision`)."""
+    """How a replica loads its pipeline (from `serve.batching.batch_invariant`, `serve.precision`,
+    `model.compile`)."""
     batch_invariant: bool = True
     precision: str = "auto"  # auto (fp16 on a GPU, fp32 on CPU) | fp32 | fp16 | bf16
+    compile: str = "auto"
 
     def dtype(self, cuda: bool):
         import torch
@@ -83,7 +89,23 @@ def load_pipeline(base: str, masks: Optional[str], registry: Optional[dict] = No
     if options.batch_invariant:
         make_batch_invariant(pipe.unet, pipe.vae, pipe.text_encoder,
                              *([pipe.mask_generator] if pipe.mask_generator else []))
+    _maybe_compile(pipe.unet, options, "cuda" if cuda else "cpu")
     return LoadedModel(pipe, base, masks, registry, defaults or {})
+
+
+def _maybe_compile(unet, options: LoadOptions, device: str) -> None:
+    """torch.compile the U-Net per `model.compile`, except under batch invariance: compiled
+    kernels are chosen per batch shape, so byte-identical images across batchings would no
+    longer be guaranteed (and are not measured)."""
+    from maskunet.compile import compile_module, compile_wanted
+
+    if not compile_wanted(options.compile, device):
+        return
+    if options.batch_invariant:
+        log.warning("model.compile=%s: not compiling, serve.batching.batch_invariant is on (set it false to "
+                    "compile the U-Net)", options.compile)
+        return
+    compile_module(unet)
 
 
 def group_requests(requests: list[GenerateRequest]) -> list[list[int]]:

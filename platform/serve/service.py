@@ -42,7 +42,8 @@ def error_response(error: RequestError, headers: Optional[dict] = None) -> JSONR
 class MaskUNetService:
     def __init__(self, source: ModelSource, settings: dict):
         self.source, self.settings = source, ServeSection.model_validate(settings)
-        self._load_options = LoadOptions(self.settings.batching.batch_invariant, self.settings.precision)
+        self._load_options = LoadOptions(self.settings.batching.batch_invariant, self.settings.precision,
+                                         source.compile)
         self.token = self._token(self.settings.auth.token_env)
         self.model, self.load_error = None, None
         self.served, self.errors = 0, 0

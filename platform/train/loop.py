@@ -129,7 +129,7 @@ def setup_worker(config: dict[str, Any], job: JobConfig) -> Worker:
         base.unet.enable_gradient_checkpointing()
     trainee = build_trainee(job, base.unet, device)  # seeded: identical init on every rank
     if compile_wanted(job.model.compile, device):  # in place: hooks, state-dict keys stay
-        compile_module(base.unet, device)
+        compile_module(base.unet)
     loaded = time.perf_counter()
     engine = build_engine(trainee.model, job.train, job.data.batch_size, world_size, device)
     log.info("rank %d: base + trainee %.1fs, %s engine %.1fs", rank, loaded - started,

@@ -27,7 +27,7 @@ def test_traced_masked_unet_is_one_graph_with_eagers_outputs():
     traced, _ = make_masked(mask_config=MIXED)
     for model in (eager, traced):
         model.eval()
-    compile_module(traced.unet, "cpu", backend="eager")  # Dynamo's capture, no code generation
+    compile_module(traced.unet, backend="eager")  # Dynamo's capture, no code generation
     torch._dynamo.utils.counters.clear()
     x, t, c = random_inputs(batch=2)
     with torch.no_grad():
@@ -46,7 +46,7 @@ def test_a_compiler_failure_falls_back_to_eager_with_one_warning(caplog):
     eager, _ = make_masked(mask_config=MIXED)
     model, _ = make_masked(mask_config=MIXED)
     model.eval()
-    compile_module(model.unet, "cpu", backend=failing_backend)
+    compile_module(model.unet, backend=failing_backend)
     x, t, c = random_inputs(batch=2)
     with caplog.at_level(logging.WARNING, logger="maskunet.compile"), torch.no_grad():
         outputs = [model(x, t, c).sample for _ in range(2)]

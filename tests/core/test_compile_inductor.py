@@ -24,7 +24,7 @@ def test_inductor_compiled_masked_unet_matches_eager_in_training_and_inference()
     compiled, _ = make_masked(mask_config=config)
     for model in (eager, compiled):
         model.stochastic = False  # the same masks in both, so outputs are comparable
-    compile_module(compiled.unet, "cpu")
+    compile_module(compiled.unet)
     x, t, c = random_inputs(batch=2)
     for _ in range(2):  # the second call runs the cached compiled graph
         out_c, grad_c = _step(compiled.train(), x, t, c)

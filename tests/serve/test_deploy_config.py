@@ -68,3 +68,22 @@ def test_precision_loads_the_base_in_that_dtype_and_keeps_the_mask_path_fp32(sha
     assert pngs[0].startswith(b"\x89PNG") and model.pipe.masked_unet.mask_stats()["layers"]
     with pytest.raises(Exception, match="precision"):
         load_job(None, ["serve.precision=fp8"])
+
+
+def test_model_compile_decides_whether_a_replica_compiles_its_unet(shapes_base, mask_dirs, caplog):
+    """off (and auto on a CPU) never compiles; on compiles the U-Net in place, except while
+    batch invariance is promised (compiled kernels are picked per batch shape)."""
+    import logging
+
+    from maskunet.compile import is_compiled
+    from maskunet_platform.serve.engine import LoadOptions, load_pipeline
+
+    def compiled(**options) -> bool:
+        return is_compiled(load_pipeline(shapes_base, mask_dirs["a"], options=LoadOptions(**options)).pipe.unet)
+
+    assert not compiled(compile="off", batch_invariant=False)
+    assert not compiled(compile="auto", batch_invariant=False)  # auto: CUDA only
+    with caplog.at_level(logging.WARNING, logger="maskunet_platform.serve.engine"):
+        assert not compiled(compile="on", batch_invariant=True)
+    assert any("batch_invariant is on" in r.getMessage() for r in caplog.records)
+    assert compiled(compile="on", batch_invariant=False)  # compiles lazily, at its first call
