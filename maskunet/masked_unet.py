@@ -126,24 +126,30 @@ class MaskedUNet(nn.Module):
                 module.mask = LayerMask(logits, cfg.tau, z_min, stochastic, partial(self._record, name))
             return
         for group in self._shape_groups[index]:
-            names = [name for name, _ in group]
-            with autocast_off(device):
-                logits = self.generator.group_logits(names, code, compute_dtype)  # (L, B, out, fan_in)
-                scores = mask_scores(logits, cfg.tau, stochastic)
-            hard = scores > z_min
-            self._record_group(names, logits, hard)
-            del logits
-            none = [None] * len(group)
-            with_grad = scores.requires_grad
-            saved = signed_derivative(scores, hard).unbind(0) if with_grad else none
-            layer_scores = scores.unbind(0) if with_grad else none
-            weights = none
-            modules = [m for _, m in group]
-            if not any(m.weight.requires_grad for m in modules):  # frozen W: one product for the group
-                dtype = compute_dtype if autocast_dtype(device) else modules[0].weight.dtype
-                weights = group_masked_weights(modules, hard, dtype).unbind(0)
-            for (_, module), *parts in zip(group, hard.unbind(0), layer_scores, saved, weights):
-                module.mask = PreparedMask(*parts)
+            self._prepare_group(group, code, compute_dtype, stochastic, z_min)
+
+    def _prepare_group(self, group: list, code: torch.Tensor, compute_dtype: torch.dtype, stochastic: bool,
+                       z_min: float) -> None:
+        """The block path for one shape group: logits, scores and bits of its L layers at once
+        (and, for a frozen W, their masked weights), each layer handed its views."""
+        names, modules = [name for name, _ in group], [module for _, module in group]
+        device = code.device.type
+        with autocast_off(device):
+            logits = self.generator.group_logits(names, code, compute_dtype)  # (L, B, out, fan_in)
+            scores = mask_scores(logits, self.generator.config.tau, stochastic)
+        hard = scores > z_min
+        self._record_group(names, logits, hard)
+        del logits
+        none = [None] * len(group)
+        with_grad = scores.requires_grad
+        saved = signed_derivative(scores, hard).unbind(0) if with_grad else none
+        layer_scores = scores.unbind(0) if with_grad else none
+        weights = none
+        if not any(m.weight.requires_grad for m in modules):  # frozen W: one product for the group
+            dtype = compute_dtype if autocast_dtype(device) else modules[0].weight.dtype
+            weights = group_masked_weights(modules, hard, dtype).unbind(0)
+        for module, *parts in zip(modules, hard.unbind(0), layer_scores, saved, weights):
+            module.mask = PreparedMask(*parts)
 
     def _checkpointing(self, index: int) -> bool:
         """Whether block `index` may recompute its layers in backward (gradient checkpointing)."""
