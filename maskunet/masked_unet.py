@@ -120,7 +120,7 @@ class MaskedUNet(nn.Module):
         cfg = self.generator.config
         stochastic = self.generator.training if self.stochastic is None else self.stochastic
         z_min = keep_threshold(1.0, cfg.threshold)  # scores are already divided by tau
-        if self.mask_path == "layer" or self._checkpointing(index):
+        if self.mask_path == "layer" or self._checkpointing(index) or self._partitioned():
             for name, module in layers:  # each layer computes its logits when it runs
                 logits = partial(self.generator.layer_logits, name, code, compute_dtype)
                 module.mask = LayerMask(logits, cfg.tau, z_min, stochastic, partial(self._record, name))
@@ -150,6 +150,11 @@ class MaskedUNet(nn.Module):
             weights = group_masked_weights(modules, hard, dtype).unbind(0)
         for module, *parts in zip(modules, hard.unbind(0), layer_scores, saved, weights):
             module.mask = PreparedMask(*parts)
+
+    def _partitioned(self) -> bool:
+        """DeepSpeed ZeRO-3 partitions the generator's parameters and gathers a module's only
+        around its own forward: the block path reads adapters' parameters without calling them."""
+        return hasattr(next(iter(self.generator.adapters.parameters())), "ds_id")
 
     def _checkpointing(self, index: int) -> bool:
         """Whether block `index` may recompute its layers in backward (gradient checkpointing)."""

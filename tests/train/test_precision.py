@@ -157,3 +157,20 @@ def test_fp16_needs_a_zero_optimizer():
     with pytest.raises(ConfigError, match="zero_stage"):
         load_job(LOCAL_JOB, ["train.use_gpu=true", "train.backend=nccl", "train.precision=fp16",
                              "train.deepspeed.zero_stage=0"])
+
+
+def test_masks_train_under_zero3_through_the_layer_path(gloo_group):
+    """ZeRO-3 partitions the generator and gathers an adapter's parameters only around its own
+    forward, so the block path (which reads them directly) steps aside: every generator
+    parameter still gets a gradient and the step is taken."""
+    from deepspeed.utils import safe_get_full_grad
+
+    masked = _masked_tiny_unet(torch.float32)
+    engine = _engine(masked, "fp32", deepspeed={"zero_stage": 3, "gradient_clipping": 0.0})
+    assert masked._partitioned()
+    sample, timesteps, states = _batch(torch.float32)
+    engine.backward(engine.forward_module(sample, timesteps, states).sample.pow(2).mean())
+    for name, param in masked.generator.named_parameters():
+        grad = safe_get_full_grad(param)
+        assert grad is not None and grad.abs().sum() > 0, f"{name} gets no gradient"
+    assert engine.step()
