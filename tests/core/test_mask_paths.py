@@ -37,8 +37,13 @@ def test_block_path_matches_the_layer_path(selection, train):
     masked, _ = make_masked(mask_config=MaskConfig(layers=selection, logit_bias=0.0, code_init_std=3.0))
     masked.stochastic = False  # the paths draw noise in different chunks; thresholds are comparable
     masked.train(train)
+    batched = []
+    prepare = masked._prepare_group
+    masked._prepare_group = lambda *args: (batched.append(len(args[0])), prepare(*args))
     block = _run(masked, "block", train)
+    assert sum(batched) == len(masked.masked_layers())  # every layer took the block path
     layer = _run(masked, "layer", train)
+    assert sum(batched) == len(masked.masked_layers())  # and none on the layer path
     out_b, masks_b, stats_b, grads_b = block
     out_l, masks_l, stats_l, grads_l = layer
     assert masks_b.keys() == masks_l.keys()
