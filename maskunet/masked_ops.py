@@ -79,20 +79,22 @@ def _compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return autocast_dtype(x.device.type) or weight.dtype
 
 
+def _mask_factor(hard: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The bool mask (..., out, fan_in) as a uint8 factor (2x faster than bool), broadcast over
+    a convolution's kernel window (masks are per kernel)."""
+    return hard.view(torch.uint8).view(*hard.shape, *([1] * (weight.dim() - 2)))
+
+
 def _masked_weight(weight: torch.Tensor, hard: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(B, *weight.shape) masked weights; per-kernel masks broadcast over the kernel window."""
-    w = weight.to(dtype)
-    per_kernel = hard[0].numel() != weight.numel()
-    view = (hard.shape[0], *weight.shape[:2], *([1] * (weight.dim() - 2))) if per_kernel else (-1, *weight.shape)
-    return w.unsqueeze(0) * hard.view(torch.uint8).view(view)  # a uint8 factor: 2x faster than bool
+    """(B, *weight.shape) masked weights from (B, out, fan_in) masks."""
+    return weight.to(dtype).unsqueeze(0) * _mask_factor(hard, weight)
 
 
 def group_masked_weights(layers: list, hard: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(L, B, *W.shape) masked weights of L same-shape layers from their (L, B, out, fan_in)
     masks: one stack and one product for the group instead of one product per layer."""
     weights = torch.stack([layer.weight for layer in layers]).to(dtype)
-    extra = weights.dim() - 3  # a kernel window: per-kernel masks broadcast over it
-    return weights.unsqueeze(1) * hard.view(torch.uint8).view(*hard.shape, *([1] * extra))
+    return weights.unsqueeze(1) * _mask_factor(hard, layers[0].weight)
 
 
 def _mask_grad(grad_weights: torch.Tensor, weight: torch.Tensor, hard_shape: torch.Size) -> torch.Tensor:

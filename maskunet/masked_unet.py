@@ -169,18 +169,12 @@ class MaskedUNet(nn.Module):
         return torch.is_grad_enabled() and any(m.gradient_checkpointing for m in self._checkpointers[index])
 
     def _record(self, name: str, logits: torch.Tensor, hard: torch.Tensor) -> None:
-        """Per-layer statistics of this call: small tensors only, no host sync."""
-        with torch.no_grad():
-            stats = {"kept": hard.flatten(1).sum(1), "numel": hard[0].numel()}
-            if self.keep_last_masks:
-                stats["mask"] = hard
-        if self.track_drop_probability:  # with grad when the call has grad (sparsity penalty)
-            cfg = self.generator.config
-            stats["drop_prob"] = 1.0 - keep_probability(logits, cfg.tau, cfg.threshold).flatten(1).mean(1)
-        self._stats[name] = stats
+        """Per-layer statistics of this call (the layer path): a group of one."""
+        self._record_group([name], logits.unsqueeze(0), hard.unsqueeze(0))
 
     def _record_group(self, names: list[str], logits: torch.Tensor, hard: torch.Tensor) -> None:
-        """_record for a shape group (L, B, out, fan_in) in one reduction per statistic."""
+        """Statistics of this call for L layers' (L, B, out, fan_in) logits and bool masks, one
+        reduction per statistic: small tensors only, no host sync."""
         with torch.no_grad():
             kept = hard.flatten(2).sum(2)
         drop_prob = None
