@@ -29,7 +29,7 @@ def load_job_or_fail(config_path: Optional[str], overrides: tuple[str, ...]):
 
 def ensure_sample_data(job, session: Session) -> None:
     """The embedded default reads local sample data; write it when the folder is missing
-    (a subject job: the sample subject's images). A subject folder without images is invalid input."""
+    (a subject job: the sample subject's images). A subject folder without usable images is invalid input."""
     source = job.data.source
     if job.data.subject is not None:
         from maskunet_platform.subject.data import SubjectDataError, instance_images, write_sample_subject
@@ -38,7 +38,7 @@ def ensure_sample_data(job, session: Session) -> None:
             with session.progress.stage("sample subject images"):
                 write_sample_subject(source)
         try:
-            instance_images(source)
+            instance_images(source, job.data.resolution)
         except SubjectDataError as e:
             raise InvalidInput(str(e)) from None
         return

@@ -41,14 +41,33 @@ class SubjectDataError(ValueError):
     """A subject folder that cannot be used; names data.source."""
 
 
-def instance_images(folder: str) -> list[Path]:
+def instance_images(folder: str, resolution: int | None = None) -> list[Path]:
+    """The subject's image files, each checked: it decodes, and (with `resolution`) its shorter
+    side is at least `data.resolution`, since a smaller photo would train the subject blurred.
+    Anything else is a SubjectDataError naming the file; files of other types are ignored."""
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise SubjectDataError(f"data.source: {folder} is not a folder (data.subject needs a local folder of images)")
     files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise SubjectDataError(f"data.source: {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
+        others = sorted(p.name for p in root.iterdir())
+        found = f"; it holds {len(others)} other file(s): {', '.join(others[:3])}" if others else "; it is empty"
+        raise SubjectDataError(f"data.source: {folder} has no images ({', '.join(IMAGE_SUFFIXES)}){found}")
+    for path in files:
+        check_instance_image(path, resolution)
     return files
+
+
+def check_instance_image(path: Path, resolution: int | None) -> None:
+    from maskunet_platform.data.preprocess import BadRow, decode_image
+
+    try:
+        _, (width, height) = decode_image(path.read_bytes())
+    except BadRow as e:
+        raise SubjectDataError(f"data.source: {path} is not a readable image ({e.reason})") from None
+    if resolution and min(width, height) < resolution:
+        raise SubjectDataError(f"data.source: {path} is {width}x{height}; every subject image needs a shorter "
+                               f"side of at least data.resolution ({resolution}) pixels")
 
 
 def write_sample_subject(folder: str) -> list[Path]:
@@ -101,7 +120,7 @@ def prepare_subject_job(job: JobConfig, base_location: str, progress=None) -> Jo
     if job.data.subject is None or is_prepared(job.data.source):
         return job
     progress = progress or Progress()  # the console's silent default
-    images = [p.read_bytes() for p in instance_images(job.data.source)]
+    images = [p.read_bytes() for p in instance_images(job.data.source, job.data.resolution)]
     out = prepared_location(job, images, base_location)
     if "://" not in out:
         out = str(Path(out).expanduser().resolve())

@@ -31,15 +31,43 @@ def test_subject_fields_are_validated(override, field):
         load_job(SUBJECT_JOB, [override])
 
 
-def test_a_subject_folder_without_images_is_invalid_input(shapes_base, tmp_path):
-    (tmp_path / "empty").mkdir()
+def _bad_subject_folder(folder: Path, case: str) -> str:
+    """A subject folder with one defect; returns what the error must say."""
+    from PIL import Image
+
+    folder.mkdir()
+    if case == "empty":
+        return "has no images"
+    Image.new("RGB", (96, 96), "purple").save(folder / "subject-00.png")
+    if case == "not an image":
+        (folder / "subject-01.png").write_bytes(b"this is a caption file, not a PNG")
+        return "subject-01.png is not a readable image"
+    Image.new("RGB", (48, 80), "purple").save(folder / "subject-01.png")  # data.resolution is 64
+    return "subject-01.png is 48x80"
+
+
+@pytest.mark.parametrize("case", ["empty", "not an image", "too small"])
+def test_a_bad_subject_folder_is_invalid_input(shapes_base, tmp_path, case):
+    expected = _bad_subject_folder(tmp_path / "subject", case)
     result = run_maskunet(["train", "-c", str(SUBJECT_JOB), "--set", f"model.base={shapes_base}",
-                           "--set", f"data.source={tmp_path / 'empty'}", "--set", f"train.export_dir={tmp_path / 'x'}",
+                           "--set", f"data.source={tmp_path / 'subject'}", "--set", f"train.export_dir={tmp_path / 'x'}",
                            "--set", f"train.storage_path={tmp_path / 'runs'}",
                            "--set", f"tracking.local_store={tmp_path / 'mlflow'}"], maskunet_env(), timeout=180)
     assert result.returncode == 2, result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "data.source" in errors[0] and "has no images" in errors[0], result.stderr
+    assert len(errors) == 1 and "data.source" in errors[0] and expected in errors[0], result.stderr
+    assert not (tmp_path / "runs").exists()  # refused before anything started
+
+
+def test_a_subject_folder_ignores_other_files_and_accepts_large_images(tmp_path):
+    from PIL import Image
+
+    from maskunet_platform.subject.data import instance_images
+
+    (tmp_path / "notes.txt").write_text("four photos of the product")
+    for i, size in enumerate([(64, 64), (300, 200)]):
+        Image.new("RGB", size, "purple").save(tmp_path / f"subject-{i}.jpg")
+    assert [p.name for p in instance_images(str(tmp_path), 64)] == ["subject-0.jpg", "subject-1.jpg"]
 
 
 @pytest.fixture(scope="module")
