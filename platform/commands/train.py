@@ -7,6 +7,7 @@ import click
 from maskunet_platform.console.errors import InvalidInput
 from maskunet_platform.console.session import Session, console_command
 from maskunet_platform.console.summary import Summary
+from maskunet_platform.subject import METHOD_LABELS
 
 DEFAULT_JOB = Path(__file__).resolve().parents[2] / "jobs" / "local.yaml"
 SAMPLE_ROWS = 320
@@ -83,6 +84,8 @@ def train(session: Session, config_path, overrides, address, resume_run, start_n
 
 def training_summary(outcome) -> Summary:
     m, e = outcome.metrics, outcome.eval or {}
+    kind = _weights_kind(outcome.generator_dir)
+    trained = METHOD_LABELS.get(kind, "trained")
     summary = Summary(f"maskunet train: run {outcome.run_name} {TITLES[outcome.action]}",
                       data=_training_json(outcome), show_timings=outcome.action != "finished",
                       show_log=outcome.action != "finished")
@@ -97,7 +100,7 @@ def training_summary(outcome) -> Summary:
     if "eval/base_loss_overall" in e:
         # A subject job holds nothing out: its paired loss is over the subject data.
         label = "subject-data loss:" if "subject/items" in e else "held-out loss:"
-        summary.add(label, f"base {e['eval/base_loss_overall']:.5f} -> masked "
+        summary.add(label, f"base {e['eval/base_loss_overall']:.5f} -> {trained} "
                     f"{e['eval/masked_loss_overall']:.5f}  ({int(e['eval/rows'])} rows, paired)")
     if "shapes/base/kid" in e:
         from maskunet_platform.bench.shapes.benchmark import format_table
@@ -110,7 +113,7 @@ def training_summary(outcome) -> Summary:
 
         summary.add("subject:", f"appears in {int(e['subject/items'])} new-context prompt x seed pairs, "
                     f"base vs trained, paired ({Path(outcome.generator_dir).parent / 'subject_report.json'})")
-        for row in format_rows(e):
+        for row in format_rows(e, trained=trained):
             summary.add("", row)
     if outcome.mlflow_run_id:
         summary.add("mlflow run:", f"{outcome.mlflow_run_id} (experiment {outcome.experiment_id}, "
@@ -118,18 +121,25 @@ def training_summary(outcome) -> Summary:
     summary.add("artifacts:", outcome.artifact_uri)
     summary.add("checkpoint:", outcome.checkpoint_path)
     if outcome.generator_dir:  # the run's export folder is what generate / serve / bench / eval take
-        from maskunet.baselines import KIND_NAMES, weights_kind
+        from maskunet.baselines import KIND_NAMES
 
-        try:
-            kind = KIND_NAMES[weights_kind(outcome.generator_dir)] + "; "
-        except ValueError:  # a finished run's record whose export was since removed
-            kind = ""
-        summary.add("trained weights:", f"{Path(outcome.generator_dir).parent}  ({kind}pass it as --weights)")
+        named = f"{KIND_NAMES[kind]}; " if kind else ""
+        summary.add("trained weights:", f"{Path(outcome.generator_dir).parent}  ({named}pass it as --weights)")
     if outcome.model_version:
         summary.add("registered model:", f"{outcome.registered_model_name} v{outcome.model_version}")
     if outcome.action == "finished":
         summary.add("run log:", outcome.log_file)
     return summary
+
+
+def _weights_kind(generator_dir: str) -> str | None:
+    """"masks" | "lora" | "full" for a run's export; None without one (or when it was since removed)."""
+    from maskunet.baselines import weights_kind
+
+    try:
+        return weights_kind(generator_dir) if generator_dir else None
+    except ValueError:
+        return None
 
 
 def _training_json(outcome) -> dict:

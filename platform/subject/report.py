@@ -44,6 +44,7 @@ class SubjectReport:
     subject: dict  # {"colour", "kind"} as detected in the instance images
     prompts: list[SubjectPrompt]
     seeds: int
+    method: str = "masks"  # train.method of the trained weights ("masked" in results)
     results: dict[str, dict] = field(default_factory=dict)
     difference: dict = field(default_factory=dict)
     grid_png: bytes = b""
@@ -62,7 +63,7 @@ class SubjectReport:
         return out
 
     def to_json(self) -> dict:
-        return {"subject": self.subject, "items": self.items, "seeds": self.seeds,
+        return {"subject": self.subject, "method": self.method, "items": self.items, "seeds": self.seeds,
                 "prompts": [p.caption for p in self.prompts], "results": self.results,
                 "difference": self.difference, "categories": list(CATEGORIES)}
 
@@ -93,13 +94,13 @@ def score(prompt: SubjectPrompt, detection: Detection, subject: dict) -> dict[st
 
 
 def run_subject_report(pipe, marker: dict, settings) -> SubjectReport:
-    """`pipe`: a MaskUNetPipeline with the trained weights; `marker`: the prepared data's
-    subject.json; `settings`: data.subject.report."""
+    """`pipe`: a MaskUNetPipeline with the trained weights (masks, LoRA or a fine-tuned U-Net);
+    `marker`: the prepared data's subject.json; `settings`: data.subject.report."""
     subject = marker["subject"]
     prompts = new_context_prompts(settings.template, settings.prompts, subject["colour"], marker["contexts"],
                                   settings.seed)
     seeds = list(range(settings.seeds))
-    report = SubjectReport(subject, prompts, settings.seeds)
+    report = SubjectReport(subject, prompts, settings.seeds, pipe.tuning_kind or "masks")
     images, scores = {}, {}
     for model in MODELS:
         images[model] = generate_images(pipe, [p.caption for p in prompts], seeds, settings.steps,
@@ -130,11 +131,13 @@ def subject_report(job, base_location: str, weights_dir, device: str, dtype):
     return run_subject_report(pipe, marker, settings)
 
 
-def format_rows(metrics: dict[str, float], prefix: str = "subject") -> list[str]:
-    """Console rows `category  base [lo, hi]  masked [lo, hi]  masked - base [lo, hi]`."""
+def format_rows(metrics: dict[str, float], prefix: str = "subject", trained: str = "masks") -> list[str]:
+    """Console rows `category  base [lo, hi]  masks [lo, hi]  masks - base [lo, hi]`; `trained`
+    names the trained weights' column (METHOD_LABELS)."""
     from maskunet_platform.bench.shapes.benchmark import _interval
 
-    columns = [("base", f"{prefix}/base"), ("masked", f"{prefix}/masked"), ("masked - base (paired)", f"{prefix}/diff")]
+    columns = [("base", f"{prefix}/base"), (trained, f"{prefix}/masked"),
+               (f"{trained} - base (paired)", f"{prefix}/diff")]
     rows = [f"{'':<17}" + "".join(f"{name:>24}" for name, _ in columns)]
     for category in CATEGORIES:
         cells = [_interval(metrics, f"{key}/{category}", signed=key.endswith("diff")) for _, key in columns]

@@ -70,19 +70,29 @@ def test_a_subject_folder_ignores_other_files_and_accepts_large_images(tmp_path)
     assert [p.name for p in instance_images(str(tmp_path), 64)] == ["subject-0.jpg", "subject-1.jpg"]
 
 
-@pytest.fixture(scope="module")
-def subject_run(shapes_base, tmp_path_factory):
-    root = tmp_path_factory.mktemp("subject")
+def _subject_run(shapes_base, root: Path, method: str, steps: int):
     overrides = [f"model.base={shapes_base}", f"data.source={root / 'subject'}", f"train.storage_path={root / 'runs'}",
                  f"train.export_dir={root / 'exports'}", f"tracking.local_store={root / 'mlflow'}",
-                 "train.cpus_per_worker=0.5", "train.steps=2", "train.log_every=1", "train.checkpoint_every=2",
-                 "data.batch_size=4", "data.subject.instance_rows=16", "data.subject.num_class_images=4",
-                 "data.subject.class_steps=2", f"data.subject.report.prompts={PROMPTS}", "data.subject.report.steps=2",
-                 "train.eval.rows=8", "tracking.log_samples=false", "tracking.register_model=false"]
+                 f"train.method={method}", "train.cpus_per_worker=0.5", f"train.steps={steps}", "train.log_every=1",
+                 f"train.checkpoint_every={steps}", "data.batch_size=4", "data.subject.instance_rows=16",
+                 "data.subject.num_class_images=4", "data.subject.class_steps=2",
+                 f"data.subject.report.prompts={PROMPTS}", "data.subject.report.steps=2", "train.eval.rows=8",
+                 "tracking.log_samples=false", "tracking.register_model=false"]
     args = [arg for item in overrides for arg in ("--set", item)]
     result = run_maskunet(["train", "-c", str(SUBJECT_JOB), *args], maskunet_env(), timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    return result, root
+    return result
+
+
+@pytest.fixture(scope="module")
+def subject_run(shapes_base, tmp_path_factory):
+    root = tmp_path_factory.mktemp("subject")
+    return _subject_run(shapes_base, root, "masks", steps=2), root
+
+
+def _report_of(result) -> tuple[dict, Path]:
+    path = Path(summary_value(result.stdout, "subject").rsplit("(", 1)[1].rstrip(")"))
+    return json.loads(path.read_text()), path
 
 
 @pytest.mark.slow
@@ -97,16 +107,15 @@ def test_subject_job_trains_and_reports_appearance(subject_run):
     for stage in ("subject data (4 images + 4 class images) done", "evaluate + subject report done"):
         assert stage in out, (stage, out)
     assert "subject-data loss:" in out and "held-out loss:" not in out
-    assert "subject:" in out and "masked - base (paired)" in out
+    assert "subject:" in out and "masks - base (paired)" in out
     # The prepared data: instance rows (weight 1) and class rows drawn by the base (prior_loss_weight).
     prepared = next((root / "runs" / "subject-data").iterdir())
     marker = json.loads((prepared / "subject.json").read_text())
     assert marker["subject"] == {"colour": "purple", "kind": "circle"}
     assert (marker["instance_rows"], marker["class_images"]) == (16, 4)
     assert sorted({tuple(c) for c in marker["contexts"]}) == [("white", 1, 1)]
-    report_path = Path(summary_value(out, "subject").rsplit("(", 1)[1].rstrip(")"))
-    report = json.loads(report_path.read_text())
-    assert report["items"] == PROMPTS and len(set(report["prompts"])) == PROMPTS
+    report, report_path = _report_of(result)
+    assert report["method"] == "masks" and report["items"] == PROMPTS and len(set(report["prompts"])) == PROMPTS
     assert all("sks circle" in p and "in the center on a white background" not in p for p in report["prompts"])
     for model in ("base", "masked"):
         for category in ("subject", "subject_anywhere", "background"):
@@ -122,3 +131,25 @@ def test_subject_job_trains_and_reports_appearance(subject_run):
     assert metrics["subject/masked/subject"] == report["results"]["masked"]["subject"]["mean"]
     assert {"subject_report.json", "subject_report.png"} <= {a.path for a in client.list_artifacts(run_id)}
     assert client.get_run(run_id).data.params["data.source"] == str(prepared)
+
+
+@pytest.mark.slow
+@pytest.mark.long
+@pytest.mark.parametrize("method, label", [("lora", "LoRA"), ("full", "full FT")])
+def test_dreambooth_lora_and_full_fine_tuning_write_the_same_report(subject_run, shapes_base, method, label):
+    """DreamBooth-LoRA / full DreamBooth on the same instance and class images (the prepared
+    data is reused: same digest), 3 steps: a report with the masks' keys, one row per method."""
+    masks_result, root = subject_run
+    result = _subject_run(shapes_base, root, method, steps=3)
+    assert "subject data (" not in result.stdout  # the masks run's prepared data, not drawn again
+    assert f"{label} - base (paired)" in result.stdout and f"-> {label} " in result.stdout
+    report, path = _report_of(result)
+    masks_report, _ = _report_of(masks_result)
+    assert report["method"] == method and report["prompts"] == masks_report["prompts"]
+
+    def keys(r: dict) -> dict:
+        return {k: sorted(v) if isinstance(v, dict) else None for k, v in r.items()} | {
+            f"{k}.{m}": sorted(r[k][m]) for k in ("results", "difference") for m in r[k] if isinstance(r[k][m], dict)}
+
+    assert keys(report) == keys(masks_report)
+    assert (path.parent / "subject_report.png").stat().st_size > 0
