@@ -78,6 +78,18 @@ def connect_ray(address: Optional[str], job: JobConfig, dashboard: bool = False)
     ray.init(num_cpus=max(os.cpu_count() or 1, need), runtime_env=runtime_env, **options)
 
 
+def data_cpu_shortfall(job: JobConfig, cluster_cpus: float) -> Optional[str]:
+    """A warning when a joined cluster's CPUs all go to the training workers: Ray Data's read and
+    preprocessing tasks then never get a CPU and the first step waits until the cluster scales up
+    (forever on a fixed-size cluster; Ray only says so in its own log)."""
+    train = job.train.num_workers * job.train.cpus_per_worker
+    if cluster_cpus >= train + 1:
+        return None
+    return (f"the Ray cluster has {cluster_cpus:g} CPUs and the training workers take {train:g} "
+            f"(train.num_workers x train.cpus_per_worker), leaving less than 1 for Ray Data's preprocessing "
+            f"tasks: training waits until the cluster adds CPUs. Lower train.cpus_per_worker or add CPUs.")
+
+
 # Ray Train settings for a Ray this command starts on one machine (a set environment wins):
 # its controller polls the workers every 0.5 s, not 2 s (each phase of a run waits for a
 # poll), and no actor process watches for node preemption, which a single machine never sees.
@@ -193,6 +205,10 @@ def train_job(job: JobConfig, address: Optional[str] = None, job_yaml: Optional[
     progress = progress or Progress()
     subject = job.data.subject is not None  # its MLflow run records the prepared data: started after it
     target = _start_ray_and_tracking(job, address, plan, progress, tracking=not subject)
+    if address or os.environ.get("RAY_ADDRESS"):  # a cluster this command joined: is it big enough?
+        warning = data_cpu_shortfall(job, ray.cluster_resources().get("CPU", 0.0))
+        if warning:
+            progress.warn(warning)
     with progress.stage("prepare base model"):
         from maskunet_platform.train.base import resolve_base
 
