@@ -1,12 +1,17 @@
 """The mask generator: per up-block code networks and per-layer adapters (METHOD.md).
 
 For up-block k with input channels C_in, output channels C_out and reduction f:
-    z' = GAP(concat(h, s)) + W_t temb                       (B, C_in)
+    z' = GAP(concat(h, s)) + W_t temb [+ W_c mean(c)]        (B, C_in)
     M  = MLP(z')  reshaped to (O', I') = (C_out/f, C_in/f)   per sample
 and for each masked layer l of that block (weight viewed as out x fan_in):
     L  = A_out M A_in^T + b_out 1^T + 1 b_in^T               mask logits (B, out, fan_in)
 Initialisation: logits ~= logit_bias (masks all ones) with every factor non-zero, so each
 parameter gets a gradient at step 0.
+
+`text=True` (an extension, off in the paper's generator) adds W_c mean(c), c the text encoder's
+states the U-Net cross-attends to: the paper's generator sees the prompt only through h, which
+the encoder's cross-attention already mixed, so an identifier token ("sks") can change the
+masks only weakly (subject-driven masks, issue 30).
 """
 from dataclasses import asdict, dataclass
 
@@ -27,6 +32,7 @@ class MaskConfig:
     tau: float = 1.0
     threshold: float = 0.5
     code_init_std: float = 0.1  # scale of the initial per-sample logit perturbation
+    text: bool = False  # condition each block's code on the mean text-encoder state too
 
 
 def _module_key(layer_name: str) -> str:
@@ -96,12 +102,13 @@ def _expand_stacked(a_out: torch.Tensor, a_in: torch.Tensor, code: torch.Tensor,
 
 
 class BlockCodeGenerator(nn.Module):
-    """z' = GAP(concat(h, s)) + W_t temb, then a two-layer MLP to the (O', I') code."""
+    """z' = GAP(concat(h, s)) + W_t temb [+ W_c mean(c)], then a two-layer MLP to the (O', I') code."""
 
-    def __init__(self, in_channels: int, out_channels: int, temb_dim: int, cfg: MaskConfig):
+    def __init__(self, in_channels: int, out_channels: int, temb_dim: int, cfg: MaskConfig, text_dim: int = 0):
         super().__init__()
         self.code_shape = (max(1, out_channels // cfg.reduction), max(1, in_channels // cfg.reduction))
         self.time_proj = nn.Linear(temb_dim, in_channels)
+        self.text_proj = nn.Linear(text_dim, in_channels) if text_dim else None
         self.mlp = nn.Sequential(
             nn.Linear(in_channels, cfg.hidden),
             nn.ReLU(),
@@ -111,10 +118,15 @@ class BlockCodeGenerator(nn.Module):
         nn.init.normal_(self.mlp[2].weight, std=cfg.code_init_std / cfg.hidden**0.5)
         nn.init.zeros_(self.mlp[2].bias)
 
-    def forward(self, hidden: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, skip: torch.Tensor, temb: torch.Tensor,
+                text: torch.Tensor | None = None) -> torch.Tensor:
         dtype = self.time_proj.weight.dtype
         pooled = torch.cat([hidden.mean(dim=(2, 3)), skip.mean(dim=(2, 3))], dim=1).to(dtype)
         z = pooled + self.time_proj(temb.to(dtype))
+        if self.text_proj is not None:
+            if text is None:
+                raise ValueError("this mask generator is text-conditioned: the U-Net call needs encoder_hidden_states")
+            z = z + self.text_proj(text.mean(dim=1).to(dtype))
         return self.mlp(z).view(-1, *self.code_shape)
 
 
@@ -132,6 +144,8 @@ def describe_unet(unet: nn.Module, cfg: MaskConfig) -> list[dict]:
                 "layers": [[name, *weight_matrix_shape(module)] for name, module in layers],
             }
         )
+        if cfg.text:  # only then: older exports keep describing their U-Net exactly
+            blocks[-1]["text_dim"] = unet.config.cross_attention_dim
     return blocks
 
 
@@ -151,13 +165,15 @@ class MaskGenerator(ModelMixin, ConfigMixin):
         tau: float = 1.0,
         threshold: float = 0.5,
         code_init_std: float = 0.1,
+        text: bool = False,
     ):
         super().__init__()
         cfg = self.mask_config
         self.codes = nn.ModuleDict()
         self.adapters = nn.ModuleDict()
         for block in blocks:
-            code = BlockCodeGenerator(block["in_channels"], block["out_channels"], block["temb_dim"], cfg)
+            code = BlockCodeGenerator(block["in_channels"], block["out_channels"], block["temb_dim"], cfg,
+                                      block.get("text_dim", 0))
             self.codes[str(block["index"])] = code
             for name, out_features, fan_in in block["layers"]:
                 self.adapters[_module_key(name)] = LayerAdapter(out_features, fan_in, *code.code_shape, logit_bias)
@@ -200,9 +216,10 @@ class MaskGenerator(ModelMixin, ConfigMixin):
             )
 
     def block_code(self, block_index: int, hidden: torch.Tensor, skip: torch.Tensor,
-                   temb: torch.Tensor) -> torch.Tensor:
-        """The low-resolution mask code (B, O', I') of one up-block."""
-        return self.codes[str(block_index)](hidden, skip, temb)
+                   temb: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        """The low-resolution mask code (B, O', I') of one up-block; `text`: the U-Net's
+        encoder_hidden_states (B, tokens, D), used by a text-conditioned generator."""
+        return self.codes[str(block_index)](hidden, skip, temb, text)
 
     def layer_logits(self, layer_name: str, code: torch.Tensor, compute_dtype: torch.dtype | None = None
                      ) -> torch.Tensor:

@@ -62,6 +62,9 @@ class MaskedUNet(nn.Module):
             unet.up_blocks[index].register_forward_pre_hook(partial(self._set_block_masks, index), with_kwargs=True)
             for index in self._groups
         ]
+        self._text = None  # this call's encoder_hidden_states, for a text-conditioned generator
+        if generator.config.get("text", False):
+            self._hooks.append(unet.register_forward_pre_hook(self._capture_text, with_kwargs=True))
         self._hooks.append(unet.register_forward_hook(self._release_masks))
         unet._maskunet_attached = True
 
@@ -123,7 +126,7 @@ class MaskedUNet(nn.Module):
         device = hidden.device.type
         compute_dtype = autocast_dtype(device) or hidden.dtype
         with autocast_off(device):
-            code = self.generator.block_code(index, hidden, skips[-1], temb)
+            code = self.generator.block_code(index, hidden, skips[-1], temb, self._text)
         cfg = self.generator.config
         stochastic = self.generator.training if self.stochastic is None else self.stochastic
         z_min = keep_threshold(1.0, cfg.threshold)  # scores are already divided by tau
@@ -190,9 +193,14 @@ class MaskedUNet(nn.Module):
                 stats["drop_prob"] = drop_prob[i]
             self._stats[name] = stats
 
+    def _capture_text(self, module, args: tuple, kwargs: dict) -> None:
+        # UNet2DConditionModel.forward(sample, timestep, encoder_hidden_states, ...)
+        self._text = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[2]
+
     def _release_masks(self, module, args, output) -> None:
         """After a call, masks are dropped from the layers (autograd keeps what backward needs),
         except while gradient checkpointing may still recompute blocks from them."""
+        self._text = None
         if self._paused:
             return
         if not any(self._checkpointing(index) for index in self._groups):

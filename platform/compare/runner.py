@@ -47,16 +47,22 @@ def run_compare(job: JobConfig, address: Optional[str] = None, progress=None) ->
     started = time.perf_counter()
     connect_ray(address, job)
     base_location = resolve_base(job.model)
+    if job.data.subject is not None:  # every method trains and is reported on the same prepared data
+        from maskunet_platform.subject.data import prepare_subject_job
+
+        job = prepare_subject_job(job, base_location, progress)
+        jobs = {m: method_job(job, m) for m in job.compare.methods}
     results = []
     for method, mjob in jobs.items():
         # finalize=False: the comparison evaluates every method itself, paired across methods.
         outcome = train_job(mjob, address=address, finalize=False, progress=progress, base_checked=True)
-        with progress.stage(f"evaluate {method} (paired held-out loss + shapes benchmark)"):
+        what = "subject report" if job.data.subject is not None else "shapes benchmark"
+        with progress.stage(f"evaluate {method} (paired held-out loss + {what})"):
             results.append(_evaluate(mjob, method, outcome))
         _finish_run(mjob, outcome, results[-1])
     out_dir = Path(job.compare.out_dir).expanduser() / job.name
     with progress.stage("image grid (same prompts and seeds)"):
-        grid = _grid(job, base_location, {r.method: r.weights_dir for r in results})
+        grid = _grid(job, base_location, {r.method: r.weights_dir for r in results}, _grid_prompts(job, results))
     table = build_table(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "grid.png").write_bytes(grid)
@@ -76,7 +82,7 @@ def _evaluate(job: JobConfig, method: str, outcome) -> MethodResult:
     m = outcome.metrics
     return MethodResult(method, int(m.get("train/trainable_params", 0)), float(m.get("train/peak_memory_mb", 0.0)),
                         float(m.get("train/images_per_s", 0.0)), post.eval, post.shapes, outcome.generator_dir,
-                        outcome.run_name, outcome.mlflow_run_id)
+                        outcome.run_name, outcome.mlflow_run_id, post.subject)
 
 
 def _finish_run(job: JobConfig, outcome, result: MethodResult) -> None:
@@ -99,14 +105,25 @@ def _finish_run(job: JobConfig, outcome, result: MethodResult) -> None:
         client.set_terminated(outcome.mlflow_run_id, "FINISHED")
 
 
-def _grid(job: JobConfig, base_location: str, weights: dict[str, str]) -> bytes:
+def _grid_prompts(job: JobConfig, results: list[MethodResult]) -> list[str]:
+    """compare.grid_prompts; for a subject job, the subject report's first new-context prompts
+    (contexts its images never showed), as in the report's own PNG."""
+    from maskunet_platform.subject.report import GRID_PROMPTS
+
+    report = results[0].subject
+    if report is None:
+        return job.compare.grid_prompts
+    return [p.caption for p in report.prompts[:GRID_PROMPTS]]
+
+
+def _grid(job: JobConfig, base_location: str, weights: dict[str, str], prompts: list[str]) -> bytes:
     from maskunet_platform.compare.grid import method_grid_png
     from maskunet_platform.train.post_training import task_resources
 
     c = job.compare
     task = ray.remote(method_grid_png).options(**task_resources(job), max_retries=1)
     files = {m: _folder_bytes(Path(d)) for m, d in weights.items()}  # shipped by value: any node can draw
-    return ray.get(task.remote(base_location, files, c.grid_prompts, c.grid_seed, c.grid_steps, c.grid_guidance))
+    return ray.get(task.remote(base_location, files, prompts, c.grid_seed, c.grid_steps, c.grid_guidance))
 
 
 def _folder_bytes(folder: Path) -> dict[str, bytes]:

@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from maskunet_platform.bench.shapes.scoring import CATEGORIES, paired_difference
+from maskunet_platform.subject.report import CATEGORIES as SUBJECT_CATEGORIES
 from maskunet_platform.train.evaluate import mean_interval
 
 
@@ -17,6 +18,7 @@ class MethodResult:
     weights_dir: str = ""
     run_name: str = ""
     mlflow_run_id: Optional[str] = None  # the method's training run (loss curves)
+    subject: object = None  # subject.report.SubjectReport of a subject job, or None
 
 
 @dataclass
@@ -51,12 +53,17 @@ def _shapes_cells(summary: Optional[dict], kid: Optional[tuple]) -> dict:
     return cells
 
 
+def _subject_cells(report, model: str) -> dict:
+    return {f"subject_{c}": report.results[model][c] for c in SUBJECT_CATEGORIES} if report else {}
+
+
 def build_table(results: list[MethodResult]) -> CompareTable:
     first = results[0]
     base_shapes = first.shapes.results.get("base") if first.shapes else None
     table = CompareTable([{"method": "base", "trainable_params": 0, "peak_memory_mb": None, "images_per_s": None,
                            "heldout_loss": _interval(first.eval.per_sample["base"]),
-                           **_shapes_cells(base_shapes, first.shapes.kid.get("base") if first.shapes else None)}])
+                           **_shapes_cells(base_shapes, first.shapes.kid.get("base") if first.shapes else None),
+                           **_subject_cells(first.subject, "base")}])
     for r in results:
         if r.eval.per_sample["base"] != first.eval.per_sample["base"]:
             raise RuntimeError(f"{r.method}: the base's held-out losses differ from {first.method}'s: not paired")
@@ -64,7 +71,8 @@ def build_table(results: list[MethodResult]) -> CompareTable:
         table.rows.append({"method": r.method, "trainable_params": r.trainable_params,
                            "peak_memory_mb": r.peak_memory_mb, "images_per_s": r.images_per_s,
                            "heldout_loss": _interval(r.eval.per_sample["masked"]),
-                           **_shapes_cells(shapes, r.shapes.kid.get("masked") if r.shapes else None)})
+                           **_shapes_cells(shapes, r.shapes.kid.get("masked") if r.shapes else None),
+                           **_subject_cells(r.subject, "masked")})
     masks = next((r for r in results if r.method == "masks"), None)
     for r in results:
         if masks is None or r is masks:
@@ -74,6 +82,9 @@ def build_table(results: list[MethodResult]) -> CompareTable:
                                                          r.eval.per_sample["masked"])])}
         if masks.shapes and r.shapes:
             diff.update(paired_difference(masks.shapes.scores["masked"], r.shapes.scores["masked"]))
+        if masks.subject and r.subject:  # the same new-context prompts and seeds
+            subject = paired_difference(masks.subject.scores["masked"], r.subject.scores["masked"], SUBJECT_CATEGORIES)
+            diff.update({f"subject_{c}": d for c, d in subject.items()})
         table.versus_masks[r.method] = diff
     return table
 
@@ -88,9 +99,9 @@ def _cell(value, fmt: str = ".4f") -> str:
 
 def format_table(table: CompareTable) -> list[str]:
     """Console lines: the table, then masks against each other method (paired 95% intervals)."""
-    shape_cols = [k for k in table.rows[0] if k.startswith("shapes_") and k != "shapes_kid"]
+    shape_cols = [k for k in table.rows[0] if k.startswith(("shapes_", "subject_")) and k != "shapes_kid"]
     head = f"{'method':<7}{'trainable':>12}{'peak MB':>9}{'img/s':>7}{'held-out loss [95% CI]':>28}"
-    head += "".join(f"{k[len('shapes_'):]:>22}" for k in shape_cols) + f"{'KID':>8}"
+    head += "".join(f"{k.split('_', 1)[1]:>22}" for k in shape_cols) + f"{'KID':>8}"
     lines = [head]
     for row in table.rows:
         line = (f"{row['method']:<7}{_cell(row['trainable_params']):>12}{_cell(row['peak_memory_mb'], '.0f'):>9}"
@@ -99,7 +110,8 @@ def format_table(table: CompareTable) -> list[str]:
         lines.append(line + f"{_cell(row.get('shapes_kid'), '.3f'):>8}")
     for method, diff in table.versus_masks.items():
         parts = [f"loss {_signed(diff['loss'], '.4f')}"]
-        parts += [f"{c} {_signed(diff[c], '.2f')}" for c in CATEGORIES if c in diff and diff[c]["mean"] is not None]
+        parts += [f"{c.removeprefix('subject_')} {_signed(d, '.2f')}" for c, d in diff.items()
+                  if c != "loss" and d["mean"] is not None]
         lines.append(f"{method} - masks (paired; * = 95% CI excludes 0): " + ", ".join(parts))
     return lines
 

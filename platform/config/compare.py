@@ -16,6 +16,7 @@ class CompareSection(Section):
     # Per-method `--set`-style overrides of the job (e.g. each method's learning rate or ZeRO
     # stage); never of what the comparison holds fixed (SHARED_PREFIXES).
     overrides: dict[Method, list[str]] = Field(default_factory=dict)
+    # (a subject job draws its report's first new-context prompts instead)
     grid_prompts: list[str] = Field(default_factory=lambda: [
         "a large red circle in the center on a blue background",
         "a small yellow square at the top left on a black background",

@@ -33,6 +33,9 @@ class MaskSection(Section):
     logit_bias: float = 5.0
     tau: float = Field(1.0, gt=0)
     threshold: float = Field(0.5, gt=0, lt=1)
+    # An extension (off = the paper's generator): each block's mask code also sees the mean
+    # text-encoder state, so a prompt's words (a subject's identifier) can change the masks directly.
+    text_conditioning: bool = False
     # Optional target-sparsity penalty weight * (rho - target)^2; weight 0 = off (the paper's setting).
     target_sparsity: float = Field(0.03, ge=0, le=1)
     sparsity_weight: float = Field(0.0, ge=0)

@@ -47,6 +47,7 @@ class SubjectReport:
     method: str = "masks"  # train.method of the trained weights ("masked" in results)
     results: dict[str, dict] = field(default_factory=dict)
     difference: dict = field(default_factory=dict)
+    scores: dict[str, list[dict]] = field(default_factory=dict)  # model -> per (prompt, seed): category -> 0/1
     grid_png: bytes = b""
 
     @property
@@ -65,7 +66,7 @@ class SubjectReport:
     def to_json(self) -> dict:
         return {"subject": self.subject, "method": self.method, "items": self.items, "seeds": self.seeds,
                 "prompts": [p.caption for p in self.prompts], "results": self.results,
-                "difference": self.difference, "categories": list(CATEGORIES)}
+                "difference": self.difference, "categories": list(CATEGORIES), "scores": self.scores}
 
 
 def where_phrase(row: int, col: int) -> str:
@@ -101,14 +102,14 @@ def run_subject_report(pipe, marker: dict, settings) -> SubjectReport:
                                   settings.seed)
     seeds = list(range(settings.seeds))
     report = SubjectReport(subject, prompts, settings.seeds, pipe.tuning_kind or "masks")
-    images, scores = {}, {}
+    images = {}
     for model in MODELS:
         images[model] = generate_images(pipe, [p.caption for p in prompts], seeds, settings.steps,
                                         settings.guidance, settings.batch_size, masks=model == "masked")
         pairs = [p for p in prompts for _ in seeds]
-        scores[model] = [score(p, detect(im), subject) for p, im in zip(pairs, images[model])]
-        report.results[model] = summarize(scores[model], CATEGORIES)
-    report.difference = paired_difference(scores["base"], scores["masked"], CATEGORIES)
+        report.scores[model] = [score(p, detect(im), subject) for p, im in zip(pairs, images[model])]
+        report.results[model] = summarize(report.scores[model], CATEGORIES)
+    report.difference = paired_difference(report.scores["base"], report.scores["masked"], CATEGORIES)
     tiles = [images[m][i * len(seeds)] for i in range(min(GRID_PROMPTS, len(prompts))) for m in MODELS]
     buf = io.BytesIO()
     image_grid(tiles, columns=len(MODELS)).save(buf, format="PNG")

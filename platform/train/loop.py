@@ -36,7 +36,7 @@ def mask_config(job: JobConfig):
 
     m = job.mask
     return MaskConfig(layers=m.layers, reduction=m.reduction, hidden=m.hidden,
-                      logit_bias=m.logit_bias, tau=m.tau, threshold=m.threshold)
+                      logit_bias=m.logit_bias, tau=m.tau, threshold=m.threshold, text=m.text_conditioning)
 
 
 @dataclass

@@ -135,21 +135,55 @@ def test_subject_job_trains_and_reports_appearance(subject_run):
 
 @pytest.mark.slow
 @pytest.mark.long
-@pytest.mark.parametrize("method, label", [("lora", "LoRA"), ("full", "full FT")])
-def test_dreambooth_lora_and_full_fine_tuning_write_the_same_report(subject_run, shapes_base, method, label):
-    """DreamBooth-LoRA / full DreamBooth on the same instance and class images (the prepared
-    data is reused: same digest), 3 steps: a report with the masks' keys, one row per method."""
+def test_dreambooth_lora_writes_the_same_report(subject_run, shapes_base):
+    """DreamBooth-LoRA on the same instance and class images (the prepared data is reused: same
+    digest), 3 steps: a report with the masks' keys, so the table has one row per method."""
     masks_result, root = subject_run
-    result = _subject_run(shapes_base, root, method, steps=3)
+    result = _subject_run(shapes_base, root, "lora", steps=3)
     assert "subject data (" not in result.stdout  # the masks run's prepared data, not drawn again
-    assert f"{label} - base (paired)" in result.stdout and f"-> {label} " in result.stdout
+    assert "LoRA - base (paired)" in result.stdout and "-> LoRA " in result.stdout
     report, path = _report_of(result)
     masks_report, _ = _report_of(masks_result)
-    assert report["method"] == method and report["prompts"] == masks_report["prompts"]
+    assert report["method"] == "lora" and report["prompts"] == masks_report["prompts"]
 
     def keys(r: dict) -> dict:
         return {k: sorted(v) if isinstance(v, dict) else None for k, v in r.items()} | {
-            f"{k}.{m}": sorted(r[k][m]) for k in ("results", "difference") for m in r[k] if isinstance(r[k][m], dict)}
+            f"{k}.{m}": sorted(r[k][m]) for k in ("results", "difference", "scores") for m in r[k]
+            if isinstance(r[k][m], dict)}
 
     assert keys(report) == keys(masks_report)
+    assert len(report["scores"]["masked"]) == PROMPTS and set(report["scores"]["base"][0]) == set(report["categories"])
     assert (path.parent / "subject_report.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_compare_on_a_subject_job_has_a_subject_row_per_method(shapes_base, tmp_path):
+    """`maskunet compare -c jobs/compare-subject.yaml`: masks, DreamBooth-LoRA and full DreamBooth
+    on one prepared data set; the table's subject cells are each method's report, paired."""
+    from PIL import Image
+
+    overrides = [f"model.base={shapes_base}", f"data.source={tmp_path / 'subject'}",
+                 f"train.storage_path={tmp_path / 'runs'}", f"train.export_dir={tmp_path / 'exports'}",
+                 f"tracking.local_store={tmp_path / 'mlflow'}", f"compare.out_dir={tmp_path / 'compare'}",
+                 "train.cpus_per_worker=0.5", "train.steps=2", "train.checkpoint_every=2", "data.batch_size=4",
+                 "data.subject.instance_rows=8", "data.subject.num_class_images=4", "data.subject.class_steps=2",
+                 f"data.subject.report.prompts={PROMPTS}", "data.subject.report.seeds=1",
+                 "data.subject.report.steps=2", "train.eval.rows=8", "compare.grid_steps=2"]
+    args = [arg for item in overrides for arg in ("--set", item)]
+    result = run_maskunet(["compare", "-c", str(REPO / "jobs" / "compare-subject.yaml"), "--json", *args],
+                          maskunet_env(), timeout=1200)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    rows = {row["method"]: row for row in out["rows"]}
+    assert list(rows) == ["base", "masks", "lora", "full"]
+    for row in rows.values():
+        for category in ("subject", "subject_anywhere", "background"):
+            cell = row[f"subject_{category}"]
+            assert cell["n"] == PROMPTS and 0 <= cell["lo"] <= cell["mean"] <= cell["hi"] <= 1
+    assert set(out["versus_masks"]) == {"lora", "full"}
+    assert {"loss", "subject_subject", "subject_background"} <= set(out["versus_masks"]["lora"])
+    assert len(list((tmp_path / "runs" / "subject-data").iterdir())) == 1  # drawn once, shared
+    grid = Image.open(out["grid"])  # base + 3 methods per new-context prompt
+    side = (grid.width - 200) // 4
+    assert grid.height == 16 + PROMPTS * side
