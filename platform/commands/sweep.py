@@ -41,7 +41,12 @@ def sweep(session: Session, config_path, overrides, name, resume, address) -> No
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         summary.add("", "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    summary.add("best:", outcome.best and f"{outcome.best.trial_id} {job.tune.metric} {outcome.best.metric:.6g}")
+    best = outcome.best
+    if best is not None:
+        summary.add("best:", f"{best.trial_id} {job.tune.metric} {best.metric:.6g}")
+    elif job.tune.constraints and any(t.status == "completed" for t in outcome.trials):
+        summary.add("best:", "none: no completed trial meets tune.constraints "
+                    + ", ".join(f"{k} {b.model_dump(exclude_none=True)}" for k, b in job.tune.constraints.items()))
     summary.add("mlflow parent run:", outcome.parent_run_id)
     summary.add("sweep wall time:", f"{outcome.wall_s:.1f}s")
     session.finish(summary, next_step=None)

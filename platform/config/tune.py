@@ -58,9 +58,31 @@ class SchedulerSection(Section):
     reduction_factor: float = Field(2.0, gt=1)
 
 
+class MetricBound(Section):
+    """A final metric a trial must satisfy to be the best (e.g. background followed >= 0.9)."""
+
+    min: Optional[float] = None
+    max: Optional[float] = None
+
+    @model_validator(mode="after")
+    def _a_bound(self):
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+    def holds(self, value: Optional[float]) -> bool:
+        return value is not None and (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+
 class TuneSection(Section):
+    # eval/... (the full paired evaluation) or, for a subject job, subject/... (its report:
+    # e.g. subject/diff/subject, mode max).
     metric: str = Field("eval/masked_loss_overall", description="final metric trials are ranked by")
     mode: Literal["min", "max"] = "min"
+    # Final metrics a trial must also meet to be the best, e.g. {"subject/masked/background": {"min": 0.9}}.
+    constraints: dict[str, MetricBound] = Field(default_factory=dict)
     num_samples: int = Field(4, ge=1, description="random samples (times the grid, if any)")
     max_concurrent_trials: int = Field(1, ge=1)
     scheduler: SchedulerSection = Field(default_factory=SchedulerSection)

@@ -104,11 +104,14 @@ def stage_parts(post: PostTrainingResult) -> dict[str, float]:
     return {TASK_PARTS.get(name, name): seconds for name, seconds in post.timings.items()}
 
 
+def eval_split(job: JobConfig) -> str:
+    """The split paired evaluations read: a subject job holds nothing out, so the subject data itself."""
+    return "all" if job.data.subject is not None else "holdout"
+
+
 def post_training_request(job: JobConfig, tracking: bool) -> PostTrainingRequest:
     """What a finished run evaluates and renders (heatmap and samples only go to MLflow)."""
-    subject = job.data.subject is not None
-    # A subject job holds nothing out: its paired eval reads the subject data itself.
-    return PostTrainingRequest(split="all" if subject else "holdout", shapes=True,
+    return PostTrainingRequest(split=eval_split(job), shapes=True,
                                heatmap=tracking and job.tracking.log_heatmap and job.train.method == "masks",
                                samples=tracking and job.tracking.log_samples)
 

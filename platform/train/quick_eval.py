@@ -17,12 +17,14 @@ from maskunet_platform.train.evaluate import stratified_timesteps
 
 
 def quick_eval_batch(job, base_location: str, rows: int) -> dict[str, torch.Tensor]:
-    """The first `rows` rows of the held-out split, in a stable order (driver side)."""
+    """The first `rows` rows of the held-out split (a subject job: of its data), in a stable
+    order (driver side)."""
     from maskunet_platform.train.finalize import eval_batches
+    from maskunet_platform.train.post_training import eval_split
 
     sized = job.model_copy(update={"train": job.train.model_copy(update={
         "eval": job.train.eval.model_copy(update={"rows": rows, "batch_size": rows})})})
-    for batch in eval_batches(sized, base_location):
+    for batch in eval_batches(sized, base_location, split=eval_split(job)):
         return {key: value[:rows] for key, value in batch.items() if isinstance(value, torch.Tensor)}
     raise ValueError("quick eval: the held-out split is empty (data.holdout_fraction)")
 

@@ -18,10 +18,13 @@ class TrialRow:
     sparsity: Optional[float] = None
     run_id: Optional[str] = None
     seconds: float = 0.0  # the trial's wall time (Tune's time_total_s)
+    constrained: dict[str, Optional[float]] = field(default_factory=dict)  # tune.constraints' metrics
+    feasible: bool = True  # meets every tune.constraints bound
 
     def to_json(self) -> dict:
         return {"trial_id": self.trial_id, "run_id": self.run_id, "config": self.config, "metric": self.metric,
-                "steps": self.steps, "status": self.status, "seconds": self.seconds}
+                "steps": self.steps, "status": self.status, "seconds": self.seconds,
+                "constrained": self.constrained, "feasible": self.feasible}
 
 
 @dataclass
@@ -36,7 +39,7 @@ class SweepOutcome:
 
     @property
     def best(self) -> Optional[TrialRow]:
-        done = [t for t in self.trials if t.status == COMPLETED and t.metric is not None]
+        done = [t for t in self.trials if t.status == COMPLETED and t.metric is not None and t.feasible]
         if not done:
             return None
         pick = min if self.mode == "min" else max
@@ -53,11 +56,14 @@ class SweepOutcome:
     def table(self) -> list[list[str]]:
         """Header + one row per trial (best marked)."""
         keys = sorted({k for t in self.trials for k in t.config})
+        constrained = sorted({k for t in self.trials for k in t.constrained})
         best = self.best
-        rows = [["trial", *keys, self.metric, "quick", "sparsity", "steps", "status", ""]]
+        rows = [["trial", *keys, self.metric, *constrained, "quick", "sparsity", "steps", "status", ""]]
         for t in self.trials:
-            rows.append([t.trial_id, *(_fmt(t.config.get(k)) for k in keys), _fmt(t.metric), _fmt(t.quick),
-                         _fmt(t.sparsity), str(t.steps), t.status, "best" if t is best else ""])
+            mark = "best" if t is best else "" if t.feasible or t.status != COMPLETED else "fails a constraint"
+            rows.append([t.trial_id, *(_fmt(t.config.get(k)) for k in keys), _fmt(t.metric),
+                         *(_fmt(t.constrained.get(k)) for k in constrained), _fmt(t.quick), _fmt(t.sparsity),
+                         str(t.steps), t.status, mark])
         return rows
 
 
@@ -75,9 +81,12 @@ def summarize(grid, job, sweep: str, parent) -> SweepOutcome:
         metrics = result.metrics or {}
         status = ERRORED if result.error is not None else (COMPLETED if metrics.get(FINAL_FLAG) else STOPPED)
         trial_id = metrics.get("trial_id") or result.path.rsplit("_", 2)[-2]
+        constrained = {k: metrics.get(k) for k in job.tune.constraints} if status == COMPLETED else {}
         outcome.trials.append(TrialRow(
             str(trial_id), dict(result.config or {}), metrics.get(job.tune.metric) if status == COMPLETED else None,
             metrics.get("eval/quick_masked_loss"), int(metrics.get("step", 0)), status,
-            metrics.get("train/sparsity_realised"), seconds=float(metrics.get("time_total_s", 0.0))))
+            metrics.get("train/sparsity_realised"), seconds=float(metrics.get("time_total_s", 0.0)),
+            constrained=constrained,
+            feasible=all(bound.holds(constrained.get(k)) for k, bound in job.tune.constraints.items())))
     outcome.trials.sort(key=lambda t: t.trial_id)
     return outcome

@@ -41,9 +41,12 @@ def sweep_exists(job: JobConfig, name: str) -> bool:
 def check_sweep(job: JobConfig, name: str, resume: bool) -> None:
     """Everything that can be wrong with the request, before Ray starts."""
     check_search_space(job)
-    if job.tune.metric != QUICK_METRIC and not job.tune.metric.startswith("eval/"):
-        raise SweepSelectionError(f"tune.metric {job.tune.metric!r}: trials report eval/... metrics "
-                                  "(e.g. eval/masked_loss_overall, the full paired evaluation)")
+    final = ("eval/", "subject/") if job.data.subject is not None else ("eval/",)
+    for field, metric in [("tune.metric", job.tune.metric), *((f"tune.constraints.{m}", m) for m in job.tune.constraints)]:
+        if metric != QUICK_METRIC and not metric.startswith(final):
+            raise SweepSelectionError(f"{field} {metric!r}: trials report {' and '.join(p + '...' for p in final)} "
+                                      "metrics (e.g. eval/masked_loss_overall, the full paired evaluation"
+                                      + ("; subject/diff/subject, the subject report)" if len(final) > 1 else ")"))
     exists = sweep_exists(job, name)
     if resume and not exists:
         raise SweepSelectionError(f"--resume: no sweep named {name!r} under {job.tune.storage_path}")
@@ -61,7 +64,8 @@ def scheduler(job: JobConfig):
     # trial); the step is the time axis, so grace periods are in optimizer steps.
     # A trial that reaches the last step is left to finish on its own (stop_last_trials off):
     # its full evaluation still has to run, and Train must shut its workers down gracefully.
-    return ASHAScheduler(time_attr="step", metric=QUICK_METRIC, mode=job.tune.mode, grace_period=s.grace_period,
+    # The quick score is a loss whatever tune.mode ranks the final metric by.
+    return ASHAScheduler(time_attr="step", metric=QUICK_METRIC, mode="min", grace_period=s.grace_period,
                          reduction_factor=s.reduction_factor, max_t=job.train.steps, stop_last_trials=False)
 
 
@@ -77,8 +81,13 @@ def run_sweep(job: JobConfig, name: str, resume: bool, address: Optional[str], j
     started = time.perf_counter()
     with progress.stage("start Ray"):
         connect_ray(address, job, dashboard=True)
-    with progress.stage("prepare base model and the quick held-out batch"):
+    with progress.stage("prepare base model"):
         base_location = resolve_base(job.model)
+    if job.data.subject is not None:  # every trial trains on the same prepared subject data
+        from maskunet_platform.subject.data import prepare_subject_job
+
+        job = prepare_subject_job(job, base_location, progress)
+    with progress.stage("quick held-out batch"):
         quick = quick_eval_batch(job, base_location, job.tune.quick_eval_rows)
     parent = start_parent(job, name, job_yaml) if job.tracking.enabled else None
     setup = SweepSetup(job.model_dump(mode="json"), name, base_location, quick,

@@ -58,10 +58,10 @@ def run_trial(config: dict[str, Any], setup: SweepSetup) -> None:
 def _full_eval(job: JobConfig, checkpoint, target) -> dict[str, float]:
     """The full paired held-out evaluation of the trained generator (a Ray task), logged with
     its registry evidence, so the best trial can be registered (and promoted) later."""
-    from maskunet_platform.train.post_training import GeneratorSource, run_post_training
+    from maskunet_platform.train.post_training import GeneratorSource, eval_split, run_post_training
 
-    post = run_post_training(job, GeneratorSource(checkpoint=checkpoint))
-    metrics = post.eval.metrics()
+    post = run_post_training(job, GeneratorSource(checkpoint=checkpoint), split=eval_split(job))
+    metrics = post.eval.metrics() | (post.subject.metrics() if post.subject else {})
     if target is not None:
         from mlflow import MlflowClient
 
@@ -70,7 +70,7 @@ def _full_eval(job: JobConfig, checkpoint, target) -> dict[str, float]:
 
         client = MlflowClient(target.tracking_uri)
         log_metrics(client, target.run_id, metrics, job.train.steps)
-        evidence = heldout_evidence(post.eval, job, "holdout")
+        evidence = heldout_evidence(post.eval, job, eval_split(job))
         client.set_tag(target.run_id, evidence.tag, evidence.to_tag_value())
         client.set_tag(target.run_id, CHECKPOINT_TAG, checkpoint.path)
     return metrics

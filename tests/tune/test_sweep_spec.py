@@ -18,6 +18,10 @@ CASES = [
     ("tune.search_space={}", "tune.search_space: empty"),
     ("tune.scheduler.type=hyperband", "tune.scheduler.type"),
     ("tune.metric=train/loss", "tune.metric 'train/loss'"),
+    # subject/... metrics only exist for a subject job (jobs/sweep-local.yaml is not one)
+    ("tune.constraints={subject/masked/background: {min: 0.9}}", "tune.constraints.subject/masked/background"),
+    ("tune.constraints={eval/rows: {}}", "give min, max or both"),
+    ("tune.constraints={eval/rows: {min: 2, max: 1}}", "min 2.0 is above max 1.0"),
 ]
 
 PROBE = """
@@ -52,9 +56,15 @@ def test_shipped_sweep_jobs_are_valid():
     from maskunet_platform.config import load_job
     from maskunet_platform.tune.space import check_search_space
 
+    from maskunet_platform.tune.sweep import check_sweep
+
     local, sd15 = load_job("jobs/sweep-local.yaml"), load_job("jobs/sweep-sd15.yaml")
-    for job in (local, sd15):
-        check_search_space(job)
+    subject = load_job("jobs/sweep-subject.yaml")
+    check_search_space(sd15)  # its storage is on S3: not reachable here
+    for job in (local, subject):
+        check_sweep(job, "a-sweep-that-does-not-exist", resume=False)
+    assert subject.tune.metric.startswith("subject/") and subject.tune.mode == "max"
+    assert subject.tune.constraints["subject/masked/background"].min == 0.9
     assert local.model.base == "~/.cache/maskunet/shapes-base" and not local.train.use_gpu
     assert sd15.train.use_gpu and sd15.tune.max_concurrent_trials * sd15.train.num_workers <= 8
     assert {"mask.tau", "mask.threshold"} <= set(local.tune.search_space)  # tau moves with the threshold
