@@ -76,9 +76,10 @@ def run_compare(job: JobConfig, address: Optional[str] = None, progress=None) ->
 
 
 def _evaluate(job: JobConfig, method: str, outcome) -> MethodResult:
-    from maskunet_platform.train.post_training import GeneratorSource, run_post_training
+    from maskunet_platform.train.post_training import GeneratorSource, eval_split, run_post_training
 
-    post = run_post_training(job, GeneratorSource.from_folder(outcome.generator_dir), shapes=True)
+    post = run_post_training(job, GeneratorSource.from_folder(outcome.generator_dir), split=eval_split(job),
+                             shapes=True)
     m = outcome.metrics
     return MethodResult(method, int(m.get("train/trainable_params", 0)), float(m.get("train/peak_memory_mb", 0.0)),
                         float(m.get("train/images_per_s", 0.0)), post.eval, post.shapes, outcome.generator_dir,

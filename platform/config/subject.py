@@ -7,6 +7,8 @@ weigh `prior_loss_weight` in the loss. The report after training prompts the sub
 new contexts (`report.template`: other cells, other backgrounds) and counts, with the shapes
 detector, how often it appears, base vs trained, paired.
 """
+from typing import Optional
+
 from pydantic import Field, field_validator, model_validator
 
 from maskunet_platform.config.base import Section
@@ -22,6 +24,9 @@ class SubjectReportSection(Section):
     # New contexts: `template` with {where} (a grid cell phrase: "at the top left", "in the
     # center") and {background} (a colour) filled with contexts other than the instance images'.
     template: str = DEFAULT_TEMPLATE
+    # The subject in words, same slots (e.g. "a large purple circle {where} on a {background}
+    # background"): the base draws it too, as the ceiling of what it can draw there; None = off.
+    words_template: Optional[str] = None
     prompts: int = Field(24, ge=0, le=99, description="new-context prompts; 0 = no report")
     seeds: int = Field(1, ge=1)
     steps: int = Field(20, ge=1)
@@ -29,11 +34,11 @@ class SubjectReportSection(Section):
     batch_size: int = Field(16, ge=1)
     seed: int = 0
 
-    @field_validator("template")
+    @field_validator("template", "words_template")
     @classmethod
-    def _has_slots(cls, v: str) -> str:
-        if "{where}" not in v or "{background}" not in v:
-            raise ValueError("template must contain {where} and {background}")
+    def _has_slots(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and ("{where}" not in v or "{background}" not in v):
+            raise ValueError("must contain {where} and {background}")
         return v
 
 

@@ -11,6 +11,9 @@ scores pair up. The shapes detector reads every image; per image:
 - subject_anywhere: some cell shows it;
 - background: the image's background is the prompt's (the new context was followed).
 
+With `report.words_template` the base also draws the subject described in words in the same
+contexts ("words" in the results): how often the base can draw it there at all.
+
 Intervals are the shapes benchmark's (bench/shapes/scoring.py): 95% Wilson per model, a
 95% paired t-interval on trained - base.
 """
@@ -103,10 +106,15 @@ def run_subject_report(pipe, marker: dict, settings) -> SubjectReport:
     seeds = list(range(settings.seeds))
     report = SubjectReport(subject, prompts, settings.seeds, pipe.tuning_kind or "masks")
     images = {}
-    for model in MODELS:
-        images[model] = generate_images(pipe, [p.caption for p in prompts], seeds, settings.steps,
-                                        settings.guidance, settings.batch_size, masks=model == "masked")
-        pairs = [p for p in prompts for _ in seeds]
+    # "words": the base asked for the subject in words in the same contexts: what it can draw.
+    runs = [(m, [p.caption for p in prompts]) for m in MODELS]
+    if settings.words_template:
+        runs.append(("words", [settings.words_template.format(where=where_phrase(p.row, p.col),
+                                                              background=p.background) for p in prompts]))
+    pairs = [p for p in prompts for _ in seeds]
+    for model, captions in runs:
+        images[model] = generate_images(pipe, captions, seeds, settings.steps, settings.guidance,
+                                        settings.batch_size, masks=model == "masked")
         report.scores[model] = [score(p, detect(im), subject) for p, im in zip(pairs, images[model])]
         report.results[model] = summarize(report.scores[model], CATEGORIES)
     report.difference = paired_difference(report.scores["base"], report.scores["masked"], CATEGORIES)
@@ -139,6 +147,8 @@ def format_rows(metrics: dict[str, float], prefix: str = "subject", trained: str
 
     columns = [("base", f"{prefix}/base"), (trained, f"{prefix}/masked"),
                (f"{trained} - base (paired)", f"{prefix}/diff")]
+    if f"{prefix}/words/subject" in metrics:  # the base asked in words: the ceiling
+        columns.append(("base, in words", f"{prefix}/words"))
     rows = [f"{'':<17}" + "".join(f"{name:>24}" for name, _ in columns)]
     for category in CATEGORIES:
         cells = [_interval(metrics, f"{key}/{category}", signed=key.endswith("diff")) for _, key in columns]
