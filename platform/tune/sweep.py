@@ -41,12 +41,13 @@ def sweep_exists(job: JobConfig, name: str) -> bool:
 def check_sweep(job: JobConfig, name: str, resume: bool) -> None:
     """Everything that can be wrong with the request, before Ray starts."""
     check_search_space(job)
-    final = ("eval/", "subject/") if job.data.subject is not None else ("eval/",)
+    subject = job.data.subject is not None
+    final = ("eval/", "subject/") if subject else ("eval/",)
+    reported = "eval/... metrics (the full paired evaluation, e.g. eval/masked_loss_overall)" + (
+        " and subject/... (the subject report, e.g. subject/diff/subject)" if subject else "")
     for field, metric in [("tune.metric", job.tune.metric), *((f"tune.constraints.{m}", m) for m in job.tune.constraints)]:
         if metric != QUICK_METRIC and not metric.startswith(final):
-            raise SweepSelectionError(f"{field} {metric!r}: trials report {' and '.join(p + '...' for p in final)} "
-                                      "metrics (e.g. eval/masked_loss_overall, the full paired evaluation"
-                                      + ("; subject/diff/subject, the subject report)" if len(final) > 1 else ")"))
+            raise SweepSelectionError(f"{field} {metric!r}: trials report {reported}")
     exists = sweep_exists(job, name)
     if resume and not exists:
         raise SweepSelectionError(f"--resume: no sweep named {name!r} under {job.tune.storage_path}")
