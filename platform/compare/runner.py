@@ -53,10 +53,10 @@ def run_compare(job: JobConfig, address: Optional[str] = None, progress=None) ->
         job = prepare_subject_job(job, base_location, progress)
         jobs = {m: method_job(job, m) for m in job.compare.methods}
     results = []
+    what = "subject report" if job.data.subject is not None else "shapes benchmark"
     for method, mjob in jobs.items():
         # finalize=False: the comparison evaluates every method itself, paired across methods.
         outcome = train_job(mjob, address=address, finalize=False, progress=progress, base_checked=True)
-        what = "subject report" if job.data.subject is not None else "shapes benchmark"
         with progress.stage(f"evaluate {method} (paired held-out loss + {what})"):
             results.append(_evaluate(mjob, method, outcome))
         _finish_run(mjob, outcome, results[-1])

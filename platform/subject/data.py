@@ -48,9 +48,10 @@ def instance_images(folder: str, resolution: int | None = None) -> list[Path]:
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise SubjectDataError(f"data.source: {folder} is not a folder (data.subject needs a local folder of images)")
-    files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    entries = sorted(root.iterdir())
+    files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     if not files:
-        others = sorted(p.name for p in root.iterdir())
+        others = [p.name for p in entries]
         found = f"; it holds {len(others)} other file(s): {', '.join(others[:3])}" if others else "; it is empty"
         raise SubjectDataError(f"data.source: {folder} has no images ({', '.join(IMAGE_SUFFIXES)}){found}")
     for path in files:
