@@ -1,5 +1,5 @@
 """The default tier's sweep: `maskunet sweep` in its own process (local Ray with its dashboard,
-Ray Tune + ASHA, every trial a 2-worker Ray Train run) against the session's MLflow
+Ray Tune + ASHA, every trial a 1-worker Ray Train run) against the session's MLflow
 server, at the smallest size where ASHA has a decision to make: 2 trials, the second far
 worse at the first rung. The 4-trial sweep with an interruption and `--resume` is in
 test_sweep_run.py (`make test-long`)."""
@@ -15,8 +15,9 @@ pytestmark = pytest.mark.slow
 SWEEP = "test-sweep-asha"
 # A threshold of 0.9 drops most weights at the start (logit(0.9) = 2.2 is above the +2 bias);
 # it runs after 0.3 (one trial at a time), so at its first rung it meets a much better score.
-# Trials on plain DDP (DeepSpeed trials: test_sweep_run.py), 2 steps, the rung after step 1.
-SETTINGS = ["train.steps=2", "train.log_every=1", "train.checkpoint_every=2", "train.eval.rows=4",
+# Trials on plain DDP with one worker each (2-worker DeepSpeed trials: test_sweep_run.py), 2 steps,
+# the rung after step 1.
+SETTINGS = ["train.steps=2", "train.num_workers=1", "train.log_every=1", "train.checkpoint_every=2", "train.eval.rows=4",
             "train.deepspeed.enabled=false", "data.deterministic=true", "tune.scheduler.grace_period=1",
             "tune.quick_eval_rows=4",
             "tune.num_samples=1", "tune.search_space={mask.threshold: {grid: [0.3, 0.9]}}"]
