@@ -14,45 +14,20 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from maskunet.reward_spec import REWARD_NAMES, RewardSpec, parse_reward_spec  # noqa: F401 (re-exported)
 from maskunet.shapes_reward import ShapesReward
 
-REWARD_NAMES = ("shapes", "clip", "hps", "imagereward")
 # Where a reward's weights are looked up when the spec names no PATH.
 PATH_VARIABLES = {"clip": "MASKUNET_CLIP_PATH", "hps": "MASKUNET_HPS_PATH", "imagereward": "MASKUNET_IMAGEREWARD_PATH"}
 
 
 class RewardUnavailable(ValueError):
     """A reward whose package or local weights are missing."""
-
-
-@dataclass(frozen=True)
-class RewardSpec:
-    name: str
-    path: str | None = None
-    weight: float = 1.0
-
-
-def parse_reward_spec(text: str) -> RewardSpec:
-    head, weight = text, 1.0
-    if ":" in text:
-        maybe_head, _, tail = text.rpartition(":")
-        try:
-            weight, head = float(tail), maybe_head
-        except ValueError:
-            pass  # a colon inside the path, no weight
-    name, _, path = head.partition("=")
-    name = name.strip().lower()
-    if name not in REWARD_NAMES:
-        raise ValueError(f"unknown reward {name!r} in {text!r}; choose from {', '.join(REWARD_NAMES)}")
-    if not weight == weight or weight in (float("inf"), float("-inf")):
-        raise ValueError(f"reward weight must be finite in {text!r}")
-    return RewardSpec(name, path or None, weight)
 
 
 class WeightedReward:

@@ -26,11 +26,16 @@ class CompareOutcome:
 
 
 def method_job(job: JobConfig, method: str) -> JobConfig:
-    """`job` for one method: train.method set, its compare overrides applied (validated again)."""
+    """`job` for one compare entry (METHOD[:OBJECTIVE]): train.method (and train.objective) set,
+    its compare overrides applied (validated again)."""
+    from maskunet_platform.config.compare import parse_entry
+
+    name, objective = parse_entry(method)
     raw = job.model_dump(mode="json")
-    raw["name"] = f"{job.name}-{method}"
+    raw["name"] = f"{job.name}-{method.replace(':', '-')}"
     raw["tracking"]["register_model"] = False
-    raw = apply_overrides(raw, [f"train.method={method}", *job.compare.overrides.get(method, [])])
+    chosen = [f"train.method={name}"] + ([f"train.objective={objective}"] if objective else [])
+    raw = apply_overrides(raw, [*chosen, *job.compare.overrides.get(method, [])])
     try:
         return JobConfig.model_validate(raw)
     except Exception as e:  # noqa: BLE001 - a pydantic error names the field

@@ -100,11 +100,12 @@ def _cell(value, fmt: str = ".4f") -> str:
 def format_table(table: CompareTable) -> list[str]:
     """Console lines: the table, then masks against each other method (paired 95% intervals)."""
     shape_cols = [k for k in table.rows[0] if k.startswith(("shapes_", "subject_")) and k != "shapes_kid"]
-    head = f"{'method':<7}{'trainable':>12}{'peak MB':>9}{'img/s':>7}{'held-out loss [95% CI]':>28}"
+    width = max(7, *(len(row["method"]) + 1 for row in table.rows))
+    head = f"{'method':<{width}}{'trainable':>12}{'peak MB':>9}{'img/s':>7}{'held-out loss [95% CI]':>28}"
     head += "".join(f"{k.split('_', 1)[1]:>22}" for k in shape_cols) + f"{'KID':>8}"
     lines = [head]
     for row in table.rows:
-        line = (f"{row['method']:<7}{_cell(row['trainable_params']):>12}{_cell(row['peak_memory_mb'], '.0f'):>9}"
+        line = (f"{row['method']:<{width}}{_cell(row['trainable_params']):>12}{_cell(row['peak_memory_mb'], '.0f'):>9}"
                 f"{_cell(row['images_per_s'], '.1f'):>7}{_cell(row['heldout_loss']):>28}")
         line += "".join(f"{_cell(row.get(k), '.2f'):>22}" for k in shape_cols)
         lines.append(line + f"{_cell(row.get('shapes_kid'), '.3f'):>8}")

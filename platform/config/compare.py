@@ -1,21 +1,35 @@
 """`compare` section: `maskunet compare` trains each method on the same data and budget."""
-from typing import Literal
+from typing import Optional
 
 from pydantic import Field, field_validator
 
 from maskunet_platform.config.base import Section
 
-Method = Literal["masks", "lora", "full"]
+METHODS = ("masks", "lora", "full")
+OBJECTIVES = ("denoise", "reward", "both")
 # What must stay the same across the compared methods: data, base, budget (steps x batch), eval.
-SHARED_PREFIXES = ("name", "model.", "data.", "train.method", "train.steps", "train.seed", "train.num_workers",
-                   "train.eval.", "train.deepspeed.gradient_accumulation_steps", "compare.", "tune.")
+SHARED_PREFIXES = ("name", "model.", "data.", "train.method", "train.objective", "train.steps", "train.seed",
+                   "train.num_workers", "train.eval.", "train.deepspeed.gradient_accumulation_steps", "compare.",
+                   "tune.")
+
+
+def parse_entry(entry: str) -> tuple[str, Optional[str]]:
+    """`METHOD[:OBJECTIVE]` -> (train.method, train.objective or None: the job's own)."""
+    method, _, objective = entry.partition(":")
+    if method not in METHODS:
+        raise ValueError(f"{entry!r}: the method must be one of {', '.join(METHODS)} (METHOD[:OBJECTIVE])")
+    if objective and objective not in OBJECTIVES:
+        raise ValueError(f"{entry!r}: the objective must be one of {', '.join(OBJECTIVES)}")
+    return method, objective or None
 
 
 class CompareSection(Section):
-    methods: list[Method] = Field(default_factory=lambda: ["masks", "lora", "full"])
-    # Per-method `--set`-style overrides of the job (e.g. each method's learning rate or ZeRO
+    # Each entry trains one row: METHOD (masks | lora | full) on the job's train.objective, or
+    # METHOD:OBJECTIVE (e.g. masks:reward, lora:reward) on that objective.
+    methods: list[str] = Field(default_factory=lambda: ["masks", "lora", "full"])
+    # Per-entry `--set`-style overrides of the job (e.g. each method's learning rate or ZeRO
     # stage); never of what the comparison holds fixed (SHARED_PREFIXES).
-    overrides: dict[Method, list[str]] = Field(default_factory=dict)
+    overrides: dict[str, list[str]] = Field(default_factory=dict)
     # (a subject job draws its report's first new-context prompts instead)
     grid_prompts: list[str] = Field(default_factory=lambda: [
         "a large red circle in the center on a blue background",
@@ -30,13 +44,16 @@ class CompareSection(Section):
     @classmethod
     def _distinct(cls, methods: list[str]) -> list[str]:
         if not methods or len(set(methods)) != len(methods):
-            raise ValueError("list each method once (masks, lora, full)")
+            raise ValueError("list each method once (masks, lora, full, or METHOD:OBJECTIVE)")
+        for entry in methods:
+            parse_entry(entry)
         return methods
 
     @field_validator("overrides")
     @classmethod
     def _budget_is_shared(cls, overrides: dict) -> dict:
         for method, items in overrides.items():
+            parse_entry(method)
             for item in items:
                 key = item.split("=", 1)[0].strip()
                 if "=" not in item or key.startswith(SHARED_PREFIXES):

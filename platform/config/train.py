@@ -1,7 +1,7 @@
 """`train` section: Ray Train workers, DeepSpeed ZeRO, optimisation, checkpoints, eval and samples."""
 from typing import Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from maskunet_platform.config.base import Section
 
@@ -76,11 +76,50 @@ class LoraSection(Section):
                                                     "(the decoder attention projections the masks cover)")
 
 
+class RewardSection(Section):
+    # train.objective reward | both: images sampled with the trained model are scored by
+    # rewards and the loss -reward is back-propagated through K sampling steps (truncated
+    # back-propagation, maskunet/reward_training.py).
+    rewards: list[str] = Field(default_factory=lambda: ["shapes"],
+                               description="NAME[=PATH][:WEIGHT] terms of the training-free reward registry")
+    weight: float = Field(1.0, gt=0, description="of the reward loss (beside the denoising loss: objective both)")
+    # Training captions of the shapes world; the shapes benchmark's captions are never drawn.
+    prompts: Literal["shapes"] = "shapes"
+    batch_size: int = Field(2, ge=1, description="prompts sampled per worker per step")
+    steps: int = Field(10, ge=1, description="DDIM steps of each sampled image")
+    backprop_steps: int = Field(1, ge=1, description="K sampling steps keep a graph (memory ~ K)")
+    # Where those K steps lie: the schedule's end (DRaFT-K: the final image is scored), or from
+    # a random step (x0 predicted there is scored): only the latter trains the early steps'
+    # masks, where composition is decided.
+    truncation: Literal["last", "random"] = "random"
+    guidance: float = Field(7.5, ge=0, description="classifier-free guidance while sampling; <= 1: none")
+
+    @field_validator("rewards")
+    @classmethod
+    def _known_rewards(cls, rewards: list[str]) -> list[str]:
+        from maskunet.reward_spec import parse_reward_spec
+
+        if not rewards:
+            raise ValueError("name at least one reward (e.g. shapes)")
+        for text in rewards:
+            parse_reward_spec(text)  # ValueError naming an unknown reward or a bad weight
+        return rewards
+
+    @model_validator(mode="after")
+    def _truncation_fits(self):
+        if self.backprop_steps > self.steps:
+            raise ValueError(f"backprop_steps ({self.backprop_steps}) must be <= steps ({self.steps})")
+        return self
+
+
 class TrainSection(Section):
     # What trains: the mask generator (the method), a LoRA on the U-Net, or the whole U-Net
     # (the paper's baselines), with the same data, engine, checkpoints, eval and registry.
     method: Literal["masks", "lora", "full"] = "masks"
     lora: LoraSection = Field(default_factory=LoraSection)
+    # What it trains on: the denoising loss on data rows, sampled images' rewards, or their sum.
+    objective: Literal["denoise", "reward", "both"] = "denoise"
+    reward: RewardSection = Field(default_factory=RewardSection)
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1, gt=0)

@@ -25,13 +25,13 @@ def format_duration(seconds: float) -> str:
 
 
 def format_fields(fields: dict) -> str:
-    """`loss 1.0123  sparsity 25.1%  46.2 img/s`: the fields a step update carries, in order."""
+    """`loss 1.0123  reward 0.4210  sparsity 25.1%  46.2 img/s`: the fields a step update carries, in order."""
     parts = []
     for key, value in fields.items():
         if value is None:
             continue
-        if key == "loss":
-            parts.append(f"loss {value:.4f}")
+        if key in ("loss", "reward"):
+            parts.append(f"{key} {value:.4f}")
         elif key == "sparsity":
             parts.append(f"sparsity {value:.1%}")
         elif key == "images_per_s":

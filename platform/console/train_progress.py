@@ -61,6 +61,7 @@ class BoardClient:
 
     def step(self, step: int, metrics: dict) -> None:
         self._send("post", {"step": step, "loss": metrics.get("train/loss"),
+                            "reward": metrics.get("train/reward"),
                             "sparsity": metrics.get("train/sparsity_realised"),
                             "images_per_s": metrics.get("train/images_per_s")})
 
@@ -169,7 +170,7 @@ class BoardWatcher(_BoardPoller):
                 self._training.done()
             self.post_training = self.progress.start(payload["name"])
         elif kind == "step" and self._training is not None:
-            fields = {k: payload.get(k) for k in ("loss", "sparsity", "images_per_s")}
+            fields = {k: payload.get(k) for k in ("loss", "reward", "sparsity", "images_per_s")}
             self._training.update(payload["step"], **fields)
 
     def _on_ready(self, payload: dict) -> None:

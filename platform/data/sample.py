@@ -110,13 +110,19 @@ def random_scene(rng: np.random.Generator) -> tuple[list[Shape], str]:
     return shapes, background
 
 
-def make_example(rng: np.random.Generator, side: int) -> tuple[Image.Image, str]:
-    """One training image with 1-2 shapes and its caption (never a benchmark caption)."""
+def training_scene(rng: np.random.Generator) -> tuple[list[Shape], str, str]:
+    """(shapes, background, caption) of a random scene whose caption is not a benchmark caption."""
     while True:
         shapes, background = random_scene(rng)
         caption = scene_caption(shapes, background)
         if not is_benchmark_caption(caption):
-            return draw_scene(shapes, background, side), caption
+            return shapes, background, caption
+
+
+def make_example(rng: np.random.Generator, side: int) -> tuple[Image.Image, str]:
+    """One training image with 1-2 shapes and its caption (never a benchmark caption)."""
+    shapes, background, caption = training_scene(rng)
+    return draw_scene(shapes, background, side), caption
 
 
 def encode_image(image: Image.Image, fmt: str) -> bytes:

@@ -25,6 +25,7 @@ from maskunet_platform.train.recovery import checkpoint_dir_name, checkpoint_to_
 from maskunet_platform.train.methods import Trainee, build_trainee
 from maskunet_platform.train.metrics import MetricWindow, gather_per_rank, peak_memory_mb, realised_sparsity
 from maskunet_platform.train.quick_eval import QuickEval
+from maskunet_platform.train.reward import RewardObjective
 from maskunet_platform.train.rng import fingerprint, resume_streams
 from maskunet_platform.train.tracking import WorkerTracker
 
@@ -51,6 +52,7 @@ class Worker:
     tracker: WorkerTracker
     board: BoardClient  # rank 0's progress to the driver's console (a no-op elsewhere)
     quick: Optional[QuickEval] = None  # fixed held-out rows scored at every report (sweeps)
+    reward: Optional[RewardObjective] = None  # train.objective reward | both
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32  # of the U-Net's inputs (train.precision)
 
@@ -60,8 +62,16 @@ class Worker:
         return self.trainee.masked
 
 
-def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """One micro-batch: diffusion loss of the trained model (+ the masks' sparsity penalty), backward, step."""
+@dataclass
+class StepResult:
+    per_sample: Optional[torch.Tensor]  # denoising loss per row (objective denoise | both)
+    timesteps: Optional[torch.Tensor]
+    rewards: Optional[torch.Tensor]  # per sampled image (objective reward | both)
+    stepped: bool
+
+
+def denoising_loss(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, per-row losses, timesteps): the diffusion loss of the trained model on the batch."""
     latents, text_states = batch_inputs(w.base, batch, w.device, w.dtype, w.rng)
     noise = torch.randn(latents.shape, generator=w.rng).to(latents)
     timesteps = sample_timesteps(w.base.noise_scheduler, latents.shape[0], latents.device, w.rng)
@@ -69,12 +79,22 @@ def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
                                 noise, timesteps)
     weights = batch.get("loss_weight")  # subject jobs: 1 for instance rows, prior_loss_weight for class rows
     loss = per_sample.mean() if weights is None else (per_sample * weights.to(per_sample)).mean()
+    return loss, per_sample.detach(), timesteps
+
+
+def train_step(w: Worker, batch: dict[str, torch.Tensor]) -> StepResult:
+    """One micro-batch: the objective's losses (+ the masks' sparsity penalty), backward, step."""
+    loss, per_sample, timesteps, rewards = 0.0, None, None, None
+    if w.job.train.objective != "reward":
+        loss, per_sample, timesteps = denoising_loss(w, batch)
+    if w.reward is not None:
+        reward_loss, rewards = w.reward.loss(w.engine.forward_module, w.base, w.rng)
+        loss = loss + w.job.train.reward.weight * reward_loss
     penalty = w.trainee.penalty(w.job)  # rho costs 4 bytes per mask entry: only when weighted
     if penalty is not None:
         loss = loss + penalty
     w.engine.backward(loss)
-    stepped = w.engine.step()
-    return per_sample.detach(), timesteps, stepped
+    return StepResult(per_sample, timesteps, rewards, w.engine.step())
 
 
 def batches(job: JobConfig, shard) -> Iterator[dict[str, torch.Tensor]]:
@@ -142,7 +162,10 @@ def setup_worker(config: dict[str, Any], job: JobConfig) -> Worker:
     if config.get("quick_eval"):
         quick = QuickEval.prepare(base, config["quick_eval"], device, DTYPES[job.train.precision],
                                   job.train.eval.seed, job.train.eval.timestep_buckets)
-    return Worker(job, base, trainee, engine, rank, world_size, rng, tracker, board, quick, device,
+    reward = None
+    if job.train.objective != "denoise":
+        reward = RewardObjective(job, base, device, DTYPES[job.train.precision])
+    return Worker(job, base, trainee, engine, rank, world_size, rng, tracker, board, quick, reward, device,
                   DTYPES[job.train.precision])
 
 
@@ -182,9 +205,12 @@ def _train(w: Worker, config: dict[str, Any], data, resume_step: int, keep_final
     for batch in data:
         if step >= train.steps:
             break
-        per_sample, timesteps, stepped = train_step(w, batch)
-        window.add(per_sample, timesteps)
-        if not stepped:
+        result = train_step(w, batch)
+        if result.per_sample is not None:
+            window.add(result.per_sample, result.timesteps)
+        if result.rewards is not None:
+            window.add_rewards(result.rewards)
+        if not result.stepped:
             continue
         step += 1
         window.add_step()
@@ -206,7 +232,7 @@ def _train(w: Worker, config: dict[str, Any], data, resume_step: int, keep_final
 def _release_training_state(w: Worker) -> None:
     """The engine, optimizer state and trained copy of the U-Net are not needed any more: free
     them before the post-training work loads the base and the exported weights anew."""
-    w.engine = w.trainee = w.base = w.quick = None
+    w.engine = w.trainee = w.base = w.quick = w.reward = None
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -36,7 +36,8 @@ class MetricWindow:
         self.reset()
 
     def reset(self) -> None:
-        # [loss_sum, count, per-bucket loss sums..., per-bucket counts...], allocated on first add
+        # [loss_sum, count, per-bucket loss sums..., per-bucket counts..., reward_sum, reward_count],
+        # allocated on first add
         if self.sums is not None:
             self.sums.zero_()
         self.optimizer_steps = 0
@@ -45,15 +46,26 @@ class MetricWindow:
     def add_step(self) -> None:
         self.optimizer_steps += 1
 
+    def _sums_on(self, device) -> torch.Tensor:
+        if self.sums is None or self.sums.device != device:
+            self.sums = torch.zeros(4 + 2 * self.buckets, dtype=torch.float64, device=device)
+        return self.sums
+
+    def add_rewards(self, rewards: torch.Tensor) -> None:
+        """Per-image rewards of the reward objective's sampled images."""
+        values = rewards.detach().double()
+        sums = self._sums_on(values.device)
+        sums[-2] += values.sum()
+        sums[-1] += values.numel()
+
     def add(self, per_sample_loss: torch.Tensor, timesteps: torch.Tensor) -> None:
         losses = per_sample_loss.detach().double()
-        if self.sums is None or self.sums.device != losses.device:
-            self.sums = torch.zeros(2 + 2 * self.buckets, dtype=torch.float64, device=losses.device)
+        self._sums_on(losses.device)
         index = bucket_of(timesteps.to(losses.device), self.buckets, self.num_train_timesteps)
         self.sums[0] += losses.sum()
         self.sums[1] += losses.numel()
         self.sums[2:2 + self.buckets].index_add_(0, index, losses)
-        self.sums[2 + self.buckets:].index_add_(0, index, torch.ones_like(losses))
+        self.sums[2 + self.buckets:2 + 2 * self.buckets].index_add_(0, index, torch.ones_like(losses))
 
     def reduce(self, per_rank: dict[str, float] | None = None, rank: int = 0,
                world_size: int = 1) -> dict[str, float]:
@@ -63,13 +75,18 @@ class MetricWindow:
         `<name>_rank<r>` for every rank r, gathered in the same all-reduce.
         """
         per_rank = per_rank or {}
-        sums = self.sums if self.sums is not None else torch.zeros(2 + 2 * self.buckets, dtype=torch.float64)
+        sums = self.sums if self.sums is not None else torch.zeros(4 + 2 * self.buckets, dtype=torch.float64)
         packed = _all_reduce(torch.cat([sums, _rank_slots(per_rank, rank, world_size).to(sums.device)]))
         sums, gathered = packed[:len(sums)], packed[len(sums):]  # .cpu() above: the window's one host sync
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        count = sums[1].item()
-        metrics = {"train/loss": sums[0].item() / max(count, 1), "train/images_per_s": count / elapsed,
+        count, rewarded = sums[1].item(), sums[-1].item()
+        # Images denoised (data rows) plus images sampled for the reward objective.
+        metrics = {"train/images_per_s": (count + rewarded) / elapsed,
                    "train/step_time_s": elapsed / max(self.optimizer_steps, 1)}
+        if count or not rewarded:
+            metrics["train/loss"] = sums[0].item() / max(count, 1)
+        if rewarded:
+            metrics["train/reward"] = sums[-2].item() / rewarded
         for i, name in enumerate(self.names):
             n = sums[2 + self.buckets + i].item()
             if n:

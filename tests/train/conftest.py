@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from maskunet_platform.config import load_job
+from tests.fixtures.services import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_JOB = REPO / "jobs" / "local.yaml"
@@ -60,3 +61,24 @@ def default_run(s3, ray_local, mlflow_server, make_job, shapes_base):
                    f"train.storage_path=s3://{bucket}/runs", tracking_uri=mlflow_server.tracking_uri)
     outcome = train_job(job, job_yaml=LOCAL_JOB.read_text())
     return job, outcome
+
+
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@pytest.fixture(scope="session")
+def gloo_group():
+    """A real torch.distributed gloo group of one process, as Ray Train would have set up; one
+    per session: DeepSpeed keeps the first group it was initialised with."""
+    import torch.distributed as dist
+
+    saved = {k: os.environ.get(k) for k in DIST_ENV}
+    port = free_port()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -23,13 +23,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def cli_job(tiny_base, train_data, tmp_path_factory):
-    """Arguments of a 4-step embedded-default run in a private folder, and that folder."""
+    """Arguments of a 4-step embedded-default run in a private folder, and that folder. It trains
+on objective both: the denoising loss plus the reward of images it samples (2 DDIM steps)."""
     root = tmp_path_factory.mktemp("cli-train")
     overrides = [f"model.base={tiny_base}", f"data.source={train_data}", f"train.storage_path={root / 'runs'}",
                  f"train.export_dir={root / 'exports'}", f"tracking.local_store={root / 'mlflow'}",
                  "tracking.experiment=cli", "tracking.registered_model_name=cli", "train.steps=4",
                  "train.log_every=2", "train.checkpoint_every=4", "train.cpus_per_worker=0.5", "train.eval.rows=8",
-                 "tracking.log_samples=false", "train.eval.shapes.prompts=4", "train.eval.shapes.steps=2"]
+                 "tracking.log_samples=false", "train.eval.shapes.prompts=4", "train.eval.shapes.steps=2",
+                 "train.objective=both", "train.reward.steps=2", "train.reward.batch_size=1"]
     return [arg for item in overrides for arg in ("--set", item)], overrides, root
 
 
@@ -47,7 +49,7 @@ def test_train_prints_plain_progress_and_a_summary(first_run, cli_job):
     out = first_run.stdout
     steps = [line.split("step ")[1].split()[0] for line in out.splitlines() if "training: step" in line]
     assert steps == ["2/4", "4/4"]
-    assert "loss " in out and "img/s" in out and "sparsity " in out
+    assert "loss " in out and "reward " in out and "img/s" in out and "sparsity " in out
     assert "shapes bench:" in out and "masked - base (paired)" in out  # the benchmark's table
     for stage in ("start Ray + MLflow run done", "start workers done", "evaluate + shapes benchmark done",
                   "MLflow log + register done"):
@@ -126,6 +128,8 @@ def test_ui_serves_the_run_and_stops_its_process_group(first_run, cli_job):
                                          {"Content-Type": "application/json"})
         runs = json.loads(urllib.request.urlopen(request, timeout=30).read())["runs"]
         assert [r["info"]["run_id"] for r in runs] == [run_id]
+        logged = {m["key"] for m in runs[0]["data"]["metrics"]}
+        assert {"train/loss", "train/reward"} <= logged  # objective both logs both
         artifact = f"http://127.0.0.1:{port}/get-artifact?path=job.yaml&run_uuid={run_id}"
         assert b"maskunet-local" in urllib.request.urlopen(artifact, timeout=30).read()
         os.kill(proc.pid, signal.SIGINT)  # Ctrl-C

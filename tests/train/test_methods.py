@@ -69,6 +69,23 @@ def test_method_fields_are_validated():
         load_job(LOCAL_JOB, ["train.method=lora", "train.lora.rank=0"])
 
 
+def test_compare_entries_name_a_method_and_optionally_its_objective():
+    from maskunet_platform.compare.runner import method_job
+
+    job = load_job(COMPARE_JOB, ["compare.methods=[masks, masks:reward, lora:reward]",
+                                 "compare.overrides={lora:reward: [train.lr=0.001]}"])
+    chosen = {m: method_job(job, m) for m in job.compare.methods}
+    assert {m: (j.train.method, j.train.objective) for m, j in chosen.items()} == {
+        "masks": ("masks", "denoise"), "masks:reward": ("masks", "reward"), "lora:reward": ("lora", "reward")}
+    assert chosen["lora:reward"].train.lr == 0.001 and chosen["masks:reward"].train.lr == job.train.lr
+    assert len({j.name for j in chosen.values()}) == 3
+    for bad, named in (("[masks, masks:fancy]", "'masks:fancy'"), ("[adapter:reward]", "'adapter:reward'")):
+        with pytest.raises(ConfigError, match=named):
+            load_job(COMPARE_JOB, [f"compare.methods={bad}"])
+    with pytest.raises(ConfigError, match="train.objective=reward"):
+        load_job(COMPARE_JOB, ["compare.overrides={masks: [train.objective=reward]}"])
+
+
 def test_compare_rejects_overrides_of_the_shared_budget():
     result = run_maskunet(["compare", "-c", str(COMPARE_JOB), "--set", "compare.overrides.lora=[train.steps=99]"],
                           maskunet_env(), timeout=120)

@@ -1,34 +1,12 @@
 """Mixed precision with the real DeepSpeed engine (ZeRO-2, in-process, a gloo group of one):
 the frozen U-Net runs in bf16/fp16 while the mask generator, its logits and gradients stay
 fp32 at the SD1.5 logit scale (logit_bias 5), and fp16's loss scale skips overflowing steps."""
-import os
-
 import pytest
 import torch
 
 from maskunet_platform.config import ConfigError, load_job
 from maskunet_platform.config.train import TrainSection
-from tests.fixtures.services import free_port
 from tests.train.conftest import LOCAL_JOB
-
-DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
-
-
-@pytest.fixture(scope="module")
-def gloo_group():
-    """A real torch.distributed gloo group of one process, as Ray Train would have set up."""
-    import torch.distributed as dist
-
-    saved = {k: os.environ.get(k) for k in DIST_ENV}
-    port = free_port()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}")
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def _masked_tiny_unet(dtype: torch.dtype, seed: int = 0):
