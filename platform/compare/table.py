@@ -24,10 +24,12 @@ class MethodResult:
 @dataclass
 class CompareTable:
     rows: list[dict] = field(default_factory=list)  # method, params, memory, speed, loss [lo, hi], shapes
-    versus_masks: dict = field(default_factory=dict)  # method -> {"loss": {...}, "<category>": {...}}
+    # method -> {"loss": {...}, "<category>": {...}}: each method minus the reference entry
+    versus_masks: dict = field(default_factory=dict)
+    reference: str = "masks"  # the entry "masks", else the first compared entry
 
     def to_json(self) -> dict:
-        return {"rows": self.rows, "versus_masks": self.versus_masks}
+        return {"rows": self.rows, "versus_masks": self.versus_masks, "reference": self.reference}
 
     def metrics(self) -> dict[str, float]:
         out = {}
@@ -73,9 +75,10 @@ def build_table(results: list[MethodResult]) -> CompareTable:
                            "heldout_loss": _interval(r.eval.per_sample["masked"]),
                            **_shapes_cells(shapes, r.shapes.kid.get("masked") if r.shapes else None),
                            **_subject_cells(r.subject, "masked")})
-    masks = next((r for r in results if r.method == "masks"), None)
+    masks = next((r for r in results if r.method == "masks"), results[0])
+    table.reference = masks.method
     for r in results:
-        if masks is None or r is masks:
+        if r is masks:
             continue
         # Paired: the same rows, noise and timesteps (loss); the same prompts and seeds (shapes).
         diff = {"loss": _interval([o - m for m, o in zip(masks.eval.per_sample["masked"],
@@ -113,7 +116,7 @@ def format_table(table: CompareTable) -> list[str]:
         parts = [f"loss {_signed(diff['loss'], '.4f')}"]
         parts += [f"{c.removeprefix('subject_')} {_signed(d, '.2f')}" for c, d in diff.items()
                   if c != "loss" and d["mean"] is not None]
-        lines.append(f"{method} - masks (paired; * = 95% CI excludes 0): " + ", ".join(parts))
+        lines.append(f"{method} - {table.reference} (paired; * = 95% CI excludes 0): " + ", ".join(parts))
     return lines
 
 

@@ -71,10 +71,15 @@ def test_bench_shapes_compare_is_paired_and_logged(shapes_base, all_ones_masks, 
     # All-ones masks are the base U-Net: the same images, so every paired difference is 0.
     assert all(d["mean"] == 0 for d in report["difference"].values() if d["n"]), report["difference"]
     assert report["results"]["base"] == report["results"]["masked"]
+    assert all(report["seconds_per_image"][m] > 0 for m in ("base", "masked"))  # the masks' time cost, shown
+    # The trained-on reward beside the detector: same images, so the same reward, difference 0.
+    assert report["shapes_reward"]["base"] == report["shapes_reward"]["masked"]
+    assert report["shapes_reward_difference"]["mean"] == 0
     assert (tmp_path / "bench" / "grid.png").stat().st_size > 0
     client = MlflowClient(mlflow_server.tracking_uri)
     run = client.get_run(report["mlflow_run_id"])
     assert run.data.metrics["shapes/items"] == 12 and "shapes/diff/colour" in run.data.metrics
+    assert run.data.metrics["shapes/masked/s_per_image"] > 0
     assert {"shapes_grid.png", "shapes_report.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
