@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from maskunet.training import decode_to_unit
+
 
 @dataclass(frozen=True)
 class RewardSampling:
@@ -66,12 +68,6 @@ def sample_x0_with_grad(model, scheduler, text_states: torch.Tensor, uncond_stat
             out = scheduler.step(prediction.to(latents.dtype), t, latents, eta=0.0)
             latents = out.prev_sample
     return out.pred_original_sample
-
-
-def decode_to_unit(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> images in [0, 1] (B, 3, H, W), differentiable through the frozen VAE."""
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
 def reward_loss(model, vae, scheduler, reward, prompts: list[str], text_states: torch.Tensor,

@@ -10,6 +10,12 @@ def encode_images(vae, pixel_values: torch.Tensor, generator: torch.Generator | 
     return posterior.sample(generator=generator) * vae.config.scaling_factor
 
 
+def decode_to_unit(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [0, 1] (B, 3, H, W), differentiable through the (frozen) VAE."""
+    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return (images.float() / 2 + 0.5).clamp(0, 1)
+
+
 @torch.no_grad()
 def encode_prompts(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
     return text_encoder(input_ids.to(text_encoder.device))[0]

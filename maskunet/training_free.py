@@ -25,6 +25,7 @@ import torch
 
 from maskunet.logit_masks import LogitMasks
 from maskunet.schedules import parse_iteration_schedule
+from maskunet.training import decode_to_unit
 
 
 @dataclass
@@ -200,7 +201,4 @@ class TrainingFreeSampler:
             prediction = uncond + pipe.guidance_scale * (text - uncond)
             model_input = model_input.chunk(2)[0]
         x0 = predict_x0(pipe.scheduler, model_input.float(), prediction.float(), timestep)
-        vae = pipe.vae
-        image = vae.decode(x0.to(vae.dtype) / vae.config.scaling_factor).sample
-        image = (image.float() / 2 + 0.5).clamp(0, 1)
-        return self.reward(image, self._prompts)
+        return self.reward(decode_to_unit(pipe.vae, x0), self._prompts)

@@ -1,12 +1,12 @@
 """`compare` section: `maskunet compare` trains each method on the same data and budget."""
-from typing import Optional
+from typing import Optional, get_args
 
 from pydantic import Field, field_validator
 
 from maskunet_platform.config.base import Section
+from maskunet_platform.config.train import Method, Objective
 
-METHODS = ("masks", "lora", "full")
-OBJECTIVES = ("denoise", "reward", "both")
+METHODS, OBJECTIVES = get_args(Method), get_args(Objective)
 # What must stay the same across the compared methods: data, base, budget (steps x batch), eval.
 SHARED_PREFIXES = ("name", "model.", "data.", "train.method", "train.objective", "train.steps", "train.seed",
                    "train.num_workers", "train.eval.", "train.deepspeed.gradient_accumulation_steps", "compare.",

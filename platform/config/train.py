@@ -6,6 +6,10 @@ from pydantic import Field, field_validator, model_validator
 from maskunet_platform.config.base import Section
 
 
+Method = Literal["masks", "lora", "full"]
+Objective = Literal["denoise", "reward", "both"]
+
+
 class DeepSpeedSection(Section):
     # enabled=False trains with plain torch DDP (the parity baseline for ZeRO).
     enabled: bool = True
@@ -115,10 +119,10 @@ class RewardSection(Section):
 class TrainSection(Section):
     # What trains: the mask generator (the method), a LoRA on the U-Net, or the whole U-Net
     # (the paper's baselines), with the same data, engine, checkpoints, eval and registry.
-    method: Literal["masks", "lora", "full"] = "masks"
+    method: Method = "masks"
     lora: LoraSection = Field(default_factory=LoraSection)
     # What it trains on: the denoising loss on data rows, sampled images' rewards, or their sum.
-    objective: Literal["denoise", "reward", "both"] = "denoise"
+    objective: Objective = "denoise"
     reward: RewardSection = Field(default_factory=RewardSection)
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
